@@ -1,0 +1,273 @@
+//! A JSON token model with Json.NET's semantics, and the parsers that build it.
+//!
+//! Device messages must be read the way the original read them with `JToken.Parse`: integers stay
+//! integers (arbitrarily large ones keep their digits), numbers with a fraction or exponent are
+//! doubles, and strings that look like ISO 8601 or `/Date(ms)/` dates become date tokens. Those
+//! distinctions decide how a value is stringified into a Measurement (`65`, `98.6`, `True`,
+//! `02/01/2019 22:46:01`), so `serde_json::Value` is not enough.
+
+mod date;
+mod number;
+mod parse;
+mod spanned;
+
+pub use date::{DateKind, JsonDate};
+pub use number::format_double;
+pub use parse::{MAX_DEPTH, ParseError, parse_token};
+pub use spanned::{Pos, Spanned, SpannedJson, parse_spanned};
+
+use std::fmt::Write as _;
+
+/// One JSON value, typed as Json.NET types it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JToken {
+    /// `null`.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer that fits in 64 bits.
+    Integer(i64),
+    /// An integer beyond 64 bits, kept as its decimal digits (with an optional leading `-`).
+    BigInteger(Box<str>),
+    /// A number written with a fraction or an exponent.
+    Float(f64),
+    /// A string that Json.NET does not read as a date.
+    String(Box<str>),
+    /// A string Json.NET reads as a date (ISO 8601 `yyyy-MM-ddTHH:mm:ss…` or `/Date(ms)/`).
+    Date(Box<JsonDate>),
+    /// An array.
+    Array(Vec<JToken>),
+    /// An object; properties keep document order.
+    Object(JObject),
+}
+
+/// A JSON object with properties in document order. Names compare case-sensitively.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JObject {
+    properties: Vec<(Box<str>, JToken)>,
+}
+
+impl JObject {
+    /// An empty object.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of property `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&JToken> {
+        self.properties
+            .iter()
+            .find(|(key, _)| &**key == name)
+            .map(|(_, value)| value)
+    }
+
+    /// Sets property `name`; an existing property keeps its position and gets the new value
+    /// (Json.NET's default `DuplicatePropertyNameHandling.Replace`).
+    pub fn insert(&mut self, name: impl Into<Box<str>>, value: JToken) {
+        let name = name.into();
+        match self.properties.iter_mut().find(|(key, _)| *key == name) {
+            Some((_, slot)) => *slot = value,
+            None => self.properties.push((name, value)),
+        }
+    }
+
+    /// Properties in document order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &JToken)> {
+        self.properties.iter().map(|(key, value)| (&**key, value))
+    }
+
+    /// Property values in document order.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = &JToken> {
+        self.properties.iter().map(|(_, value)| value)
+    }
+
+    /// Number of properties.
+    pub fn len(&self) -> usize {
+        self.properties.len()
+    }
+
+    /// True when the object has no properties.
+    pub fn is_empty(&self) -> bool {
+        self.properties.is_empty()
+    }
+}
+
+impl FromIterator<(String, JToken)> for JObject {
+    fn from_iter<I: IntoIterator<Item = (String, JToken)>>(iter: I) -> Self {
+        let mut object = JObject::new();
+        for (key, value) in iter {
+            object.insert(key, value);
+        }
+        object
+    }
+}
+
+impl JToken {
+    /// A string token.
+    pub fn string(value: impl Into<Box<str>>) -> Self {
+        JToken::String(value.into())
+    }
+
+    /// The object, if this is one.
+    pub fn as_object(&self) -> Option<&JObject> {
+        match self {
+            JToken::Object(object) => Some(object),
+            _ => None,
+        }
+    }
+
+    /// The array, if this is one.
+    pub fn as_array(&self) -> Option<&[JToken]> {
+        match self {
+            JToken::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// Property `name` of an object; `None` for a missing property or a non-object.
+    pub fn get(&self, name: &str) -> Option<&JToken> {
+        self.as_object().and_then(|object| object.get(name))
+    }
+
+    /// Json.NET's `JTokenType` name, used in error messages (`Object`, `Integer`, …).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            JToken::Null => "Null",
+            JToken::Bool(_) => "Boolean",
+            JToken::Integer(_) | JToken::BigInteger(_) => "Integer",
+            JToken::Float(_) => "Float",
+            JToken::String(_) => "String",
+            JToken::Date(_) => "Date",
+            JToken::Array(_) => "Array",
+            JToken::Object(_) => "Object",
+        }
+    }
+
+    /// Writes compact JSON. Dates are written back as their source text.
+    pub fn write_json(&self, out: &mut String) {
+        match self {
+            JToken::Null => out.push_str("null"),
+            JToken::Bool(value) => out.push_str(if *value { "true" } else { "false" }),
+            JToken::Integer(value) => {
+                let _ = write!(out, "{value}");
+            }
+            JToken::BigInteger(digits) => out.push_str(digits),
+            JToken::Float(value) => write_json_float(*value, out),
+            JToken::String(value) => write_json_string(value, out),
+            JToken::Date(date) => write_json_string(date.source(), out),
+            JToken::Array(items) => {
+                out.push('[');
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    item.write_json(out);
+                }
+                out.push(']');
+            }
+            JToken::Object(object) => {
+                out.push('{');
+                for (index, (key, value)) in object.iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    write_json_string(key, out);
+                    out.push(':');
+                    value.write_json(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// Compact JSON text of this token.
+    pub fn to_json(&self) -> String {
+        let mut out = String::new();
+        self.write_json(&mut out);
+        out
+    }
+}
+
+fn write_json_float(value: f64, out: &mut String) {
+    if value.is_finite() {
+        let _ = write!(out, "{value:?}");
+    } else {
+        // JSON has no literal for these; a string keeps the information.
+        write_json_string(&format_double(value), out);
+    }
+}
+
+/// Writes `value` as a JSON string literal with the minimal escapes.
+pub fn write_json_string(value: &str, out: &mut String) {
+    out.push('"');
+    let mut start = 0;
+    for (index, byte) in value.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&value[start..index]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        start = index + 1;
+    }
+    out.push_str(&value[start..]);
+    out.push('"');
+}
+
+impl From<&serde_json::Value> for JToken {
+    /// Converts without date detection: strings stay strings.
+    fn from(value: &serde_json::Value) -> Self {
+        match value {
+            serde_json::Value::Null => JToken::Null,
+            serde_json::Value::Bool(b) => JToken::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => JToken::Integer(i),
+                None if n.is_u64() => JToken::BigInteger(n.to_string().into()),
+                None => JToken::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => JToken::string(s.as_str()),
+            serde_json::Value::Array(items) => JToken::Array(items.iter().map(JToken::from).collect()),
+            serde_json::Value::Object(map) => JToken::Object(
+                map.iter()
+                    .map(|(key, value)| (key.clone(), JToken::from(value)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_compact_json_with_escapes() {
+        let token = parse_token(r#"{"a":[1,2.5,"x\"y\n",null,true],"b":{"c":"\u0001"}}"#).unwrap();
+        assert_eq!(
+            token.to_json(),
+            r#"{"a":[1,2.5,"x\"y\n",null,true],"b":{"c":"\u0001"}}"#
+        );
+    }
+
+    #[test]
+    fn duplicate_property_keeps_position_and_takes_last_value() {
+        let token = parse_token(r#"{"a":1,"b":2,"a":3}"#).unwrap();
+        let object = token.as_object().unwrap();
+        let pairs: Vec<_> = object.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        assert_eq!(
+            pairs,
+            vec![("a".to_string(), JToken::Integer(3)), ("b".to_string(), JToken::Integer(2))]
+        );
+    }
+}

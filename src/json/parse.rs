@@ -1,0 +1,499 @@
+//! A strict RFC 8259 JSON parser, generic over what it builds.
+//!
+//! The same grammar builds [`JToken`]s for device messages and position-carrying trees for templates.
+//! Nesting is limited to [`MAX_DEPTH`] containers, Json.NET's default `MaxDepth`, so hostile input
+//! cannot exhaust the stack.
+
+use std::collections::HashSet;
+
+use super::{JObject, JToken, JsonDate};
+
+/// Deepest container nesting accepted (Json.NET 13's default `JsonReader.MaxDepth`).
+pub const MAX_DEPTH: usize = 64;
+
+/// A JSON syntax error at a byte offset of the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// Byte offset of the offending character.
+    pub offset: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ParseError {
+    /// 1-based line and column (in characters) of the error within `text`.
+    pub fn line_col(&self, text: &str) -> (usize, usize) {
+        line_col(text, self.offset)
+    }
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (at byte {})", self.message, self.offset)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = text[line_start..offset].chars().count() + 1;
+    (line, column)
+}
+
+/// Receives parsed values; `offset` is the byte offset where each value or key starts.
+pub(crate) trait Builder {
+    type Value;
+    type Key;
+    fn null(&mut self, offset: usize) -> Self::Value;
+    fn boolean(&mut self, value: bool, offset: usize) -> Self::Value;
+    /// `text` is a syntactically valid JSON number.
+    fn number(&mut self, text: &str, offset: usize) -> Self::Value;
+    fn string(&mut self, value: String, offset: usize) -> Self::Value;
+    fn key(&mut self, value: String, offset: usize) -> Self::Key;
+    fn array(&mut self, items: Vec<Self::Value>, offset: usize) -> Self::Value;
+    fn object(&mut self, properties: Vec<(Self::Key, Self::Value)>, offset: usize) -> Self::Value;
+}
+
+/// Parses one JSON document into a [`JToken`], detecting dates as Json.NET does.
+pub fn parse_token(text: &str) -> Result<JToken, ParseError> {
+    parse_with(text, &mut TokenBuilder)
+}
+
+pub(crate) fn parse_with<B: Builder>(text: &str, builder: &mut B) -> Result<B::Value, ParseError> {
+    let mut parser = Parser {
+        bytes: text.as_bytes(),
+        text,
+        pos: 0,
+    };
+    if text.starts_with('\u{feff}') {
+        parser.pos = 3;
+    }
+    parser.skip_whitespace();
+    let value = parser.value(builder, 0)?;
+    parser.skip_whitespace();
+    if parser.pos < parser.bytes.len() {
+        return Err(parser.error("Additional text found after the end of the JSON value"));
+    }
+    Ok(value)
+}
+
+struct Parser<'a> {
+    bytes: &'a [u8],
+    text: &'a str,
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn error(&self, message: &str) -> ParseError {
+        ParseError {
+            offset: self.pos,
+            message: message.to_string(),
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn value<B: Builder>(&mut self, builder: &mut B, depth: usize) -> Result<B::Value, ParseError> {
+        let start = self.pos;
+        match self.peek() {
+            None => Err(self.error("Unexpected end of input, expected a value")),
+            Some(b'{') => self.object(builder, depth + 1),
+            Some(b'[') => self.array(builder, depth + 1),
+            Some(b'"') => {
+                let value = self.string()?;
+                Ok(builder.string(value, start))
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                let text = self.number()?;
+                Ok(builder.number(text, start))
+            }
+            Some(b't') => self.literal("true").map(|_| builder.boolean(true, start)),
+            Some(b'f') => self.literal("false").map(|_| builder.boolean(false, start)),
+            Some(b'n') => self.literal("null").map(|_| builder.null(start)),
+            Some(_) => Err(self.error("Unexpected character, expected a value")),
+        }
+    }
+
+    fn literal(&mut self, word: &str) -> Result<(), ParseError> {
+        if self.bytes[self.pos..].starts_with(word.as_bytes()) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(self.error("Unexpected character, expected a value"))
+        }
+    }
+
+    fn enter(&self, depth: usize) -> Result<(), ParseError> {
+        if depth > MAX_DEPTH {
+            Err(self.error(&format!(
+                "JSON nesting deeper than {MAX_DEPTH} levels is not accepted"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn array<B: Builder>(&mut self, builder: &mut B, depth: usize) -> Result<B::Value, ParseError> {
+        self.enter(depth)?;
+        let start = self.pos;
+        self.pos += 1;
+        let mut items = Vec::new();
+        self.skip_whitespace();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(builder.array(items, start));
+        }
+        loop {
+            self.skip_whitespace();
+            items.push(self.value(builder, depth)?);
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(builder.array(items, start));
+                }
+                None => return Err(self.error("Unexpected end of input inside an array")),
+                Some(_) => return Err(self.error("Expected ',' or ']' in an array")),
+            }
+        }
+    }
+
+    fn object<B: Builder>(&mut self, builder: &mut B, depth: usize) -> Result<B::Value, ParseError> {
+        self.enter(depth)?;
+        let start = self.pos;
+        self.pos += 1;
+        let mut properties = Vec::new();
+        self.skip_whitespace();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(builder.object(properties, start));
+        }
+        loop {
+            self.skip_whitespace();
+            let key_start = self.pos;
+            match self.peek() {
+                Some(b'"') => {}
+                None => return Err(self.error("Unexpected end of input inside an object")),
+                Some(_) => return Err(self.error("Expected a property name in double quotes")),
+            }
+            let key = self.string()?;
+            let key = builder.key(key, key_start);
+            self.skip_whitespace();
+            if self.peek() != Some(b':') {
+                return Err(self.error("Expected ':' after a property name"));
+            }
+            self.pos += 1;
+            self.skip_whitespace();
+            let value = self.value(builder, depth)?;
+            properties.push((key, value));
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(builder.object(properties, start));
+                }
+                None => return Err(self.error("Unexpected end of input inside an object")),
+                Some(_) => return Err(self.error("Expected ',' or '}' in an object")),
+            }
+        }
+    }
+
+    fn number(&mut self) -> Result<&str, ParseError> {
+        let start = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.pos += 1;
+                if matches!(self.peek(), Some(b'0'..=b'9')) {
+                    return Err(self.error("Numbers may not have leading zeros"));
+                }
+            }
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(self.error("Expected a digit")),
+        }
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return Err(self.error("Expected a digit after the decimal point"));
+            }
+            self.digits();
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return Err(self.error("Expected a digit in the exponent"));
+            }
+            self.digits();
+        }
+        Ok(&self.text[start..self.pos])
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// Reads a string literal starting at the opening quote. Raw control characters are accepted,
+    /// as Json.NET accepts them.
+    fn string(&mut self) -> Result<String, ParseError> {
+        self.pos += 1;
+        let mut out = String::new();
+        let mut run_start = self.pos;
+        loop {
+            match self.peek() {
+                None => return Err(self.error("Unterminated string")),
+                Some(b'"') => {
+                    out.push_str(&self.text[run_start..self.pos]);
+                    self.pos += 1;
+                    return Ok(out);
+                }
+                Some(b'\\') => {
+                    out.push_str(&self.text[run_start..self.pos]);
+                    self.pos += 1;
+                    self.escape(&mut out)?;
+                    run_start = self.pos;
+                }
+                Some(_) => self.pos += 1,
+            }
+        }
+    }
+
+    fn escape(&mut self, out: &mut String) -> Result<(), ParseError> {
+        let Some(byte) = self.peek() else {
+            return Err(self.error("Unterminated string"));
+        };
+        self.pos += 1;
+        match byte {
+            b'"' => out.push('"'),
+            b'\\' => out.push('\\'),
+            b'/' => out.push('/'),
+            b'b' => out.push('\u{8}'),
+            b'f' => out.push('\u{c}'),
+            b'n' => out.push('\n'),
+            b'r' => out.push('\r'),
+            b't' => out.push('\t'),
+            b'u' => {
+                let first = self.hex4()?;
+                let ch = if (0xD800..0xDC00).contains(&first) && self.bytes[self.pos..].starts_with(b"\\u") {
+                    let saved = self.pos;
+                    self.pos += 2;
+                    let second = self.hex4()?;
+                    if (0xDC00..0xE000).contains(&second) {
+                        char::from_u32(0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00))
+                    } else {
+                        self.pos = saved;
+                        None
+                    }
+                } else {
+                    char::from_u32(first)
+                };
+                // Unpaired surrogates cannot live in a Rust string; they become U+FFFD.
+                out.push(ch.unwrap_or('\u{fffd}'));
+            }
+            _ => {
+                self.pos -= 1;
+                return Err(self.error("Invalid escape sequence"));
+            }
+        }
+        Ok(())
+    }
+
+    fn hex4(&mut self) -> Result<u32, ParseError> {
+        let digits = self
+            .bytes
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.error("Incomplete \\u escape"))?;
+        let mut value = 0;
+        for &digit in digits {
+            let nibble = (digit as char)
+                .to_digit(16)
+                .ok_or_else(|| self.error("Invalid \\u escape"))?;
+            value = value * 16 + nibble;
+        }
+        self.pos += 4;
+        Ok(value)
+    }
+}
+
+/// Builds [`JToken`]s: integers, big integers, floats and dates as Json.NET reads them.
+struct TokenBuilder;
+
+impl Builder for TokenBuilder {
+    type Value = JToken;
+    type Key = Box<str>;
+
+    fn null(&mut self, _: usize) -> JToken {
+        JToken::Null
+    }
+
+    fn boolean(&mut self, value: bool, _: usize) -> JToken {
+        JToken::Bool(value)
+    }
+
+    fn number(&mut self, text: &str, _: usize) -> JToken {
+        number_token(text)
+    }
+
+    fn string(&mut self, value: String, _: usize) -> JToken {
+        match JsonDate::detect(&value) {
+            Some(date) => JToken::Date(Box::new(date)),
+            None => JToken::String(value.into_boxed_str()),
+        }
+    }
+
+    fn key(&mut self, value: String, _: usize) -> Box<str> {
+        value.into_boxed_str()
+    }
+
+    fn array(&mut self, items: Vec<JToken>, _: usize) -> JToken {
+        JToken::Array(items)
+    }
+
+    fn object(&mut self, properties: Vec<(Box<str>, JToken)>, _: usize) -> JToken {
+        JToken::Object(object_from_pairs(properties))
+    }
+}
+
+/// Classifies a valid JSON number the way Json.NET's reader does.
+pub(crate) fn number_token(text: &str) -> JToken {
+    if text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+        // Out-of-range exponents give ±Infinity (or ±0), as .NET Core's double.Parse does.
+        JToken::Float(text.parse().unwrap_or(f64::NAN))
+    } else {
+        match text.parse::<i64>() {
+            Ok(value) => JToken::Integer(value),
+            // Valid JSON integers have no leading zeros, so the text is already canonical.
+            Err(_) => JToken::BigInteger(text.into()),
+        }
+    }
+}
+
+fn object_from_pairs(properties: Vec<(Box<str>, JToken)>) -> JObject {
+    // Fast path: without duplicate names the pairs are already the object.
+    let has_duplicates = if properties.len() <= 16 {
+        properties
+            .iter()
+            .enumerate()
+            .any(|(i, (key, _))| properties[..i].iter().any(|(other, _)| other == key))
+    } else {
+        let mut seen = HashSet::with_capacity(properties.len());
+        !properties.iter().all(|(key, _)| seen.insert(&**key))
+    };
+    if !has_duplicates {
+        return JObject { properties };
+    }
+    let mut object = JObject::new();
+    let mut positions: std::collections::HashMap<Box<str>, usize> = std::collections::HashMap::new();
+    for (key, value) in properties {
+        match positions.get(&key) {
+            Some(&index) => object.properties[index].1 = value,
+            None => {
+                positions.insert(key.clone(), object.properties.len());
+                object.properties.push((key, value));
+            }
+        }
+    }
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_numbers_like_json_net() {
+        assert_eq!(parse_token("65").unwrap(), JToken::Integer(65));
+        assert_eq!(parse_token("-0").unwrap(), JToken::Integer(0));
+        assert_eq!(parse_token("65.0").unwrap(), JToken::Float(65.0));
+        assert_eq!(parse_token("1e2").unwrap(), JToken::Float(100.0));
+        assert_eq!(
+            parse_token("123456789012345678901234567890").unwrap(),
+            JToken::BigInteger("123456789012345678901234567890".into())
+        );
+        assert_eq!(
+            parse_token("-9223372036854775809").unwrap(),
+            JToken::BigInteger("-9223372036854775809".into())
+        );
+        assert_eq!(parse_token("1e400").unwrap(), JToken::Float(f64::INFINITY));
+    }
+
+    #[test]
+    fn rejects_invalid_json_with_offsets() {
+        for (text, offset) in [
+            ("{", 1),
+            ("[1,]", 3),
+            ("01", 1),
+            ("{\"a\" 1}", 5),
+            ("tru", 0),
+            ("\"abc", 4),
+            ("1 2", 2),
+            ("{'a':1}", 1),
+            ("\"\\x\"", 2),
+        ] {
+            let error = parse_token(text).unwrap_err();
+            assert_eq!(error.offset, offset, "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn decodes_escapes_and_surrogates() {
+        assert_eq!(
+            parse_token(r#""a\u00e9\ud83d\ude00\ud800x\/""#).unwrap(),
+            JToken::string("aé😀\u{fffd}x/")
+        );
+    }
+
+    #[test]
+    fn limits_nesting_depth() {
+        let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        assert!(parse_token(&ok).is_ok());
+        let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert!(parse_token(&deep).unwrap_err().message.contains("nesting"));
+        let hostile = "[".repeat(1_000_000);
+        assert!(parse_token(&hostile).is_err());
+    }
+
+    #[test]
+    fn reports_line_and_column() {
+        let text = "{\n  \"a\": 1,\n  \"é\": x\n}";
+        let error = parse_token(text).unwrap_err();
+        assert_eq!(error.line_col(text), (3, 8));
+    }
+
+    #[test]
+    fn many_duplicate_keys_stay_fast_and_correct() {
+        let mut text = String::from("{");
+        for i in 0..20_000 {
+            text.push_str(&format!("\"k{}\":{},", i % 100, i));
+        }
+        text.push_str("\"end\":0}");
+        let token = parse_token(&text).unwrap();
+        let object = token.as_object().unwrap();
+        assert_eq!(object.len(), 101);
+        assert_eq!(object.get("k0"), Some(&JToken::Integer(19_900)));
+    }
+}

@@ -1,0 +1,13 @@
+//! iomt-connector: lands medical-device data in FHIR.
+//!
+//! The crate is a pure core with thin adapters at the edges:
+//! - [`json`]: a JSON token model with Json.NET's semantics (integers, doubles, dates);
+//! - [`model`]: device events and Measurements;
+//! - [`expr`]: the JSONPath (Json.NET dialect) and JMESPath expression languages;
+//! - [`device`]: device-mapping templates and normalization.
+//!
+//! The core never performs I/O, never reads the clock and never logs; the `cli` module at the top
+//! wires it to files and standard streams.
+
+pub mod json;
+pub mod model;

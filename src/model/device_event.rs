@@ -1,0 +1,154 @@
+//! A device event as templates see it: `{"Body": …, "Properties": {…}, "SystemProperties": {…}}`
+//! (compat.md §4.1).
+
+use chrono::{DateTime, Utc};
+
+use super::time::parse_utc_lenient;
+use crate::json::{JObject, JToken, JsonDate, ParseError, parse_token};
+
+/// System properties that carry the time the event was enqueued, in order of preference.
+pub const ENQUEUED_TIME_PROPERTIES: [&str; 2] = ["iothub-enqueuedtime", "x-opt-enqueued-time"];
+
+const BODY: &str = "Body";
+const PROPERTIES: &str = "Properties";
+const SYSTEM_PROPERTIES: &str = "SystemProperties";
+
+/// How each input line of `iomt normalize` is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventFormat {
+    /// The line is the event body.
+    #[default]
+    Body,
+    /// The line is already `{"Body": …, "Properties": {…}, "SystemProperties": {…}}`.
+    Envelope,
+}
+
+/// One device event in the envelope templates are evaluated against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceEvent {
+    envelope: JToken,
+}
+
+impl DeviceEvent {
+    /// An event with this body and no properties.
+    pub fn from_body(body: JToken) -> Self {
+        Self::new(body, JObject::new(), JObject::new())
+    }
+
+    /// An event from its parts.
+    pub fn new(body: JToken, properties: JObject, system_properties: JObject) -> Self {
+        let mut envelope = JObject::new();
+        envelope.insert(BODY, body);
+        envelope.insert(PROPERTIES, JToken::Object(properties));
+        envelope.insert(SYSTEM_PROPERTIES, JToken::Object(system_properties));
+        DeviceEvent {
+            envelope: JToken::Object(envelope),
+        }
+    }
+
+    /// An event from a parsed envelope. A missing `Body` is null, missing property bags are
+    /// empty; other members are dropped, as the original's envelope has only these three.
+    pub fn from_envelope(token: JToken) -> Result<Self, String> {
+        let JToken::Object(object) = token else {
+            return Err(format!(
+                "An envelope must be a JSON object with Body, Properties and SystemProperties, found {}.",
+                token.type_name()
+            ));
+        };
+        let bag = |name: &str| -> Result<JObject, String> {
+            match object.get(name) {
+                None | Some(JToken::Null) => Ok(JObject::new()),
+                Some(JToken::Object(bag)) => Ok(bag.clone()),
+                Some(other) => Err(format!(
+                    "Envelope member {name} must be an object, found {}.",
+                    other.type_name()
+                )),
+            }
+        };
+        let properties = bag(PROPERTIES)?;
+        let system_properties = bag(SYSTEM_PROPERTIES)?;
+        let body = object.get(BODY).cloned().unwrap_or(JToken::Null);
+        Ok(Self::new(body, properties, system_properties))
+    }
+
+    /// Parses one input line in the given format.
+    pub fn parse(line: &str, format: EventFormat) -> Result<Self, EventParseError> {
+        match format {
+            EventFormat::Body => parse_token(line)
+                .map(Self::from_body)
+                .map_err(EventParseError::Json),
+            EventFormat::Envelope => {
+                let token = parse_token(line).map_err(EventParseError::Json)?;
+                Self::from_envelope(token).map_err(EventParseError::Envelope)
+            }
+        }
+    }
+
+    /// The whole envelope.
+    pub fn envelope(&self) -> &JToken {
+        &self.envelope
+    }
+
+    /// The event body.
+    pub fn body(&self) -> &JToken {
+        self.envelope.get(BODY).unwrap_or(&JToken::Null)
+    }
+
+    /// The time the event was enqueued, from `iothub-enqueuedtime` or `x-opt-enqueued-time`.
+    pub fn enqueued_time(&self) -> Option<DateTime<Utc>> {
+        let system = self.envelope.get(SYSTEM_PROPERTIES)?;
+        ENQUEUED_TIME_PROPERTIES
+            .iter()
+            .filter_map(|name| system.get(name))
+            .find_map(|value| match value {
+                JToken::Date(date) => Some(date.to_utc()),
+                JToken::String(text) => parse_utc_lenient(text),
+                JToken::Integer(millis) => JsonDate::from_unix_millis(*millis).map(|d| d.to_utc()),
+                _ => None,
+            })
+    }
+}
+
+/// Why an input line is not a device event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventParseError {
+    /// The line is not JSON.
+    #[error("{0}")]
+    Json(ParseError),
+    /// The line is JSON but not an envelope.
+    #[error("{0}")]
+    Envelope(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wraps_a_body_in_the_envelope() {
+        let event = DeviceEvent::parse(r#"{"hr":65}"#, EventFormat::Body).unwrap();
+        assert_eq!(
+            event.envelope().to_json(),
+            r#"{"Body":{"hr":65},"Properties":{},"SystemProperties":{}}"#
+        );
+    }
+
+    #[test]
+    fn reads_envelopes_and_enqueued_time() {
+        let event = DeviceEvent::parse(
+            r#"{"Body":{"hr":1},"SystemProperties":{"iothub-enqueuedtime":"2019-02-01T22:46:01.875Z"},"Extra":1}"#,
+            EventFormat::Envelope,
+        )
+        .unwrap();
+        assert_eq!(
+            event.envelope().to_json(),
+            r#"{"Body":{"hr":1},"Properties":{},"SystemProperties":{"iothub-enqueuedtime":"2019-02-01T22:46:01.875Z"}}"#
+        );
+        assert_eq!(
+            crate::model::format_utc(event.enqueued_time().unwrap()),
+            "2019-02-01T22:46:01.875Z"
+        );
+        assert!(DeviceEvent::parse("[1]", EventFormat::Envelope).is_err());
+        assert!(DeviceEvent::parse(r#"{"Properties":1}"#, EventFormat::Envelope).is_err());
+    }
+}

@@ -1,0 +1,76 @@
+//! Timestamp formats used on the wire.
+
+use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
+
+/// RFC 3339 in UTC ending in `Z`, sub-second digits kept with trailing zeros trimmed
+/// (`2019-02-01T22:46:01.875Z`, `2019-02-01T22:46:01Z`), as decision P1 specifies.
+pub fn format_utc(time: DateTime<Utc>) -> String {
+    let mut out = time.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let nanos = time.nanosecond() % 1_000_000_000;
+    if nanos != 0 {
+        let digits = format!("{nanos:09}");
+        out.push('.');
+        out.push_str(digits.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
+
+/// .NET's round-trip format `"o"` for a UTC `DateTime`: always seven fraction digits
+/// (`2019-01-01T00:59:59.9999999Z`).
+pub fn format_round_trip(time: DateTime<Utc>) -> String {
+    let ticks = (time.nanosecond() % 1_000_000_000) / 100;
+    format!("{}.{ticks:07}Z", time.format("%Y-%m-%dT%H:%M:%S"))
+}
+
+/// Reads an RFC 3339 / ISO 8601 timestamp; one without an offset is UTC (decision P1).
+pub fn parse_utc_lenient(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Some(time.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"] {
+        if let Ok(time) = DateTime::parse_from_str(text, format) {
+            return Some(time.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(time) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(time.and_utc());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        parse_utc_lenient(text).unwrap()
+    }
+
+    #[test]
+    fn formats_trimmed_rfc3339() {
+        assert_eq!(format_utc(utc("2019-02-01T22:46:01.8750000Z")), "2019-02-01T22:46:01.875Z");
+        assert_eq!(format_utc(utc("2019-02-01T22:46:01Z")), "2019-02-01T22:46:01Z");
+        assert_eq!(format_utc(utc("2019-02-01T22:46:01.1234567Z")), "2019-02-01T22:46:01.1234567Z");
+    }
+
+    #[test]
+    fn formats_round_trip_with_seven_digits() {
+        assert_eq!(format_round_trip(utc("2019-01-01T00:00:00Z")), "2019-01-01T00:00:00.0000000Z");
+        assert_eq!(
+            format_round_trip(utc("2019-01-01T00:59:59.9999999Z")),
+            "2019-01-01T00:59:59.9999999Z"
+        );
+    }
+
+    #[test]
+    fn reads_offsets_and_offsetless_times_as_utc() {
+        assert_eq!(format_utc(utc("2023-03-13T22:46:01.8750000")), "2023-03-13T22:46:01.875Z");
+        assert_eq!(format_utc(utc("2023-03-13T22:46:01+02:00")), "2023-03-13T20:46:01Z");
+        assert_eq!(format_utc(utc("2023-03-13 22:46:01")), "2023-03-13T22:46:01Z");
+        assert!(parse_utc_lenient("yesterday").is_none());
+    }
+}
