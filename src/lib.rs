@@ -9,5 +9,6 @@
 //! The core never performs I/O, never reads the clock and never logs; the `cli` module at the top
 //! wires it to files and standard streams.
 
+pub mod expr;
 pub mod json;
 pub mod model;

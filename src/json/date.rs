@@ -10,11 +10,11 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 
 /// .NET ticks (100 ns) per second.
 pub const TICKS_PER_SECOND: i64 = 10_000_000;
-const TICKS_PER_MINUTE: i64 = 60 * TICKS_PER_SECOND;
-const TICKS_PER_HOUR: i64 = 60 * TICKS_PER_MINUTE;
-const TICKS_PER_DAY: i64 = 24 * TICKS_PER_HOUR;
+pub(crate) const TICKS_PER_MINUTE: i64 = 60 * TICKS_PER_SECOND;
+pub(crate) const TICKS_PER_HOUR: i64 = 60 * TICKS_PER_MINUTE;
+pub(crate) const TICKS_PER_DAY: i64 = 24 * TICKS_PER_HOUR;
 /// `DateTime.MaxValue.Ticks` (9999-12-31T23:59:59.9999999).
-const MAX_TICKS: i64 = 3_155_378_975_999_999_999;
+pub(crate) const MAX_TICKS: i64 = 3_155_378_975_999_999_999;
 /// Ticks of 1970-01-01T00:00:00.
 const UNIX_EPOCH_TICKS: i64 = 621_355_968_000_000_000;
 
@@ -74,6 +74,20 @@ impl JsonDate {
             source: source.into(),
             ..date
         })
+    }
+
+    /// A date from .NET ticks; `source` is the text it was read from.
+    pub(crate) fn new(ticks: i64, kind: DateKind, source: &str) -> JsonDate {
+        JsonDate {
+            ticks,
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// .NET ticks (100 ns units since 0001-01-01) of the clock time, UTC for zoned dates.
+    pub fn ticks(&self) -> i64 {
+        self.ticks
     }
 
     /// The text this date was read from.

@@ -7,13 +7,15 @@
 //! `02/01/2019 22:46:01`), so `serde_json::Value` is not enough.
 
 mod date;
+mod dotnet_datetime;
 mod number;
 mod parse;
 mod spanned;
 
 pub use date::{DateKind, JsonDate};
+pub use dotnet_datetime::parse_dotnet_datetime;
 pub use number::format_double;
-pub use parse::{MAX_DEPTH, ParseError, parse_token};
+pub use parse::{MAX_DEPTH, ParseError, parse_message, parse_token};
 pub use spanned::{Pos, Spanned, SpannedJson, parse_spanned};
 
 use std::fmt::Write as _;

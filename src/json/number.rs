@@ -1,7 +1,7 @@
 //! .NET Core's `double.ToString(CultureInfo.InvariantCulture)`: the shortest round-trip digits,
-//! laid out by `Number.FormatGeneral` with `nMaxDigits = max(digits, 15)`.
+//! laid out by `Number.FormatGeneral` with `nMaxDigits = max(digits, DoublePrecision = 17)`.
 //!
-//! Examples: `98.6`, `65` (for 65.0), `1E+15`, `123456789012345`, `1E-05`, `0.0001`, `-0`.
+//! Examples: `98.6`, `65` (for 65.0), `10000000000000000`, `1E+17`, `1E-05`, `0.0001`, `-0`.
 
 /// Formats a double exactly as .NET Core 3.0+ does with the invariant culture.
 pub fn format_double(value: f64) -> String {
@@ -28,7 +28,7 @@ pub fn format_double(value: f64) -> String {
     let exponent: i32 = exponent.parse().expect("`{:e}` writes a decimal exponent");
     // .NET's "scale": value = 0.d1d2d3… × 10^scale.
     let scale = exponent + 1;
-    let max_digits = (digits.len() as i32).max(15);
+    let max_digits = (digits.len() as i32).max(17);
     let use_exponent = scale > max_digits || scale < -3;
     let mut point = if use_exponent { 1 } else { scale };
 
@@ -75,10 +75,12 @@ mod tests {
             (-60.0, "-60"),
             (-0.0, "-0"),
             (0.0, "0"),
-            (1e14, "100000000000000"),
-            (1e15, "1E+15"),
-            (123456789012345.0, "123456789012345"),
+            (1e15, "1000000000000000"),
+            (1e16, "10000000000000000"),
+            (1e17, "1E+17"),
+            (123456789012345678.0, "1.2345678901234568E+17"),
             (1234567890123456.7, "1234567890123456.8"),
+            (9223372036854775808.0, "9.223372036854776E+18"),
             (1.2345678901234568e20, "1.2345678901234568E+20"),
             (0.0001, "0.0001"),
             (0.00001, "1E-05"),

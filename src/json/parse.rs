@@ -1,8 +1,11 @@
-//! A strict RFC 8259 JSON parser, generic over what it builds.
+//! A JSON parser with Json.NET's reader leniency, generic over what it builds.
 //!
-//! The same grammar builds [`JToken`]s for device messages and position-carrying trees for templates.
-//! Nesting is limited to [`MAX_DEPTH`] containers, Json.NET's default `MaxDepth`, so hostile input
-//! cannot exhaust the stack.
+//! Beyond RFC 8259 it accepts what Json.NET's `JsonTextReader` accepts and real device payloads
+//! use: `//` and `/* */` comments, single-quoted strings, unquoted property names, trailing commas,
+//! `NaN` / `Infinity` / `-Infinity`, octal (`012`) and hex (`0x1F`) integers, `.5` and `5.`.
+//! The same grammar builds [`JToken`]s for device messages and position-carrying trees for
+//! templates. Nesting is limited to [`MAX_DEPTH`] containers, Json.NET's default `MaxDepth`, so
+//! hostile input cannot exhaust the stack.
 
 use std::collections::HashSet;
 
@@ -62,25 +65,47 @@ pub(crate) trait Builder {
     fn object(&mut self, properties: Vec<(Self::Key, Self::Value)>, offset: usize) -> Self::Value;
 }
 
-/// Parses one JSON document into a [`JToken`], detecting dates as Json.NET does.
+/// Parses one JSON document into a [`JToken`], detecting dates as Json.NET does. Text after the
+/// document is an error.
 pub fn parse_token(text: &str) -> Result<JToken, ParseError> {
-    parse_with(text, &mut TokenBuilder)
+    parse_with(text, &mut TokenBuilder, Trailing::Reject, MAX_DEPTH)
 }
 
-pub(crate) fn parse_with<B: Builder>(text: &str, builder: &mut B) -> Result<B::Value, ParseError> {
+/// Parses the first JSON value of a device message body as `JToken.ReadFrom` does: anything after
+/// that value is not read. `extra_depth` allows for containers wrapped around the body.
+pub fn parse_message(text: &str, extra_depth: usize) -> Result<JToken, ParseError> {
+    parse_with(text, &mut TokenBuilder, Trailing::Ignore, MAX_DEPTH + extra_depth)
+}
+
+/// What to do with text after the first value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trailing {
+    Reject,
+    Ignore,
+}
+
+pub(crate) fn parse_with<B: Builder>(
+    text: &str,
+    builder: &mut B,
+    trailing: Trailing,
+    max_depth: usize,
+) -> Result<B::Value, ParseError> {
     let mut parser = Parser {
         bytes: text.as_bytes(),
         text,
         pos: 0,
+        max_depth,
     };
     if text.starts_with('\u{feff}') {
         parser.pos = 3;
     }
-    parser.skip_whitespace();
+    parser.skip_whitespace()?;
     let value = parser.value(builder, 0)?;
-    parser.skip_whitespace();
-    if parser.pos < parser.bytes.len() {
-        return Err(parser.error("Additional text found after the end of the JSON value"));
+    if trailing == Trailing::Reject {
+        parser.skip_whitespace()?;
+        if parser.pos < parser.bytes.len() {
+            return Err(parser.error("Additional text found after the end of the JSON value"));
+        }
     }
     Ok(value)
 }
@@ -89,6 +114,7 @@ struct Parser<'a> {
     bytes: &'a [u8],
     text: &'a str,
     pos: usize,
+    max_depth: usize,
 }
 
 impl Parser<'_> {
@@ -103,9 +129,31 @@ impl Parser<'_> {
         self.bytes.get(self.pos).copied()
     }
 
-    fn skip_whitespace(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.pos += 1;
+    /// Skips whitespace and comments.
+    fn skip_whitespace(&mut self) -> Result<(), ParseError> {
+        loop {
+            match self.peek() {
+                Some(b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) => self.pos += 1,
+                Some(b'/') => match self.bytes.get(self.pos + 1) {
+                    Some(b'/') => {
+                        while !matches!(self.peek(), None | Some(b'\n' | b'\r')) {
+                            self.pos += 1;
+                        }
+                    }
+                    Some(b'*') => {
+                        let start = self.pos;
+                        match self.text[self.pos + 2..].find("*/") {
+                            Some(end) => self.pos += 2 + end + 2,
+                            None => {
+                                self.pos = start;
+                                return Err(self.error("Unterminated comment"));
+                            }
+                        }
+                    }
+                    _ => return Err(self.error("Unexpected character '/'")),
+                },
+                _ => return Ok(()),
+            }
         }
     }
 
@@ -115,11 +163,11 @@ impl Parser<'_> {
             None => Err(self.error("Unexpected end of input, expected a value")),
             Some(b'{') => self.object(builder, depth + 1),
             Some(b'[') => self.array(builder, depth + 1),
-            Some(b'"') => {
-                let value = self.string()?;
+            Some(quote @ (b'"' | b'\'')) => {
+                let value = self.string(quote)?;
                 Ok(builder.string(value, start))
             }
-            Some(b'-' | b'0'..=b'9') => {
+            Some(b'-' | b'.' | b'0'..=b'9' | b'N' | b'I') => {
                 let text = self.number()?;
                 Ok(builder.number(text, start))
             }
@@ -133,14 +181,22 @@ impl Parser<'_> {
     fn literal(&mut self, word: &str) -> Result<(), ParseError> {
         if self.bytes[self.pos..].starts_with(word.as_bytes()) {
             self.pos += word.len();
-            Ok(())
+            self.expect_separator()
         } else {
             Err(self.error("Unexpected character, expected a value"))
         }
     }
 
+    /// After a scalar: whitespace, a comment, `,`, `]`, `}`, `)` or the end.
+    fn expect_separator(&self) -> Result<(), ParseError> {
+        match self.peek() {
+            None | Some(b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | b',' | b']' | b'}' | b')' | b'/') => Ok(()),
+            Some(_) => Err(self.error("Unexpected character after a value")),
+        }
+    }
+
     fn enter(&self, depth: usize) -> Result<(), ParseError> {
-        if depth > MAX_DEPTH {
+        if depth > self.max_depth {
             Err(self.error(&format!(
                 "JSON nesting deeper than {MAX_DEPTH} levels is not accepted"
             )))
@@ -154,15 +210,20 @@ impl Parser<'_> {
         let start = self.pos;
         self.pos += 1;
         let mut items = Vec::new();
-        self.skip_whitespace();
+        self.skip_whitespace()?;
         if self.peek() == Some(b']') {
             self.pos += 1;
             return Ok(builder.array(items, start));
         }
         loop {
-            self.skip_whitespace();
+            self.skip_whitespace()?;
+            if self.peek() == Some(b']') && !items.is_empty() {
+                // A trailing comma, as Json.NET allows.
+                self.pos += 1;
+                return Ok(builder.array(items, start));
+            }
             items.push(self.value(builder, depth)?);
-            self.skip_whitespace();
+            self.skip_whitespace()?;
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b']') => {
@@ -180,30 +241,34 @@ impl Parser<'_> {
         let start = self.pos;
         self.pos += 1;
         let mut properties = Vec::new();
-        self.skip_whitespace();
+        self.skip_whitespace()?;
         if self.peek() == Some(b'}') {
             self.pos += 1;
             return Ok(builder.object(properties, start));
         }
         loop {
-            self.skip_whitespace();
+            self.skip_whitespace()?;
             let key_start = self.pos;
-            match self.peek() {
-                Some(b'"') => {}
+            let key = match self.peek() {
+                Some(quote @ (b'"' | b'\'')) => self.string(quote)?,
+                Some(b'}') if !properties.is_empty() => {
+                    // A trailing comma, as Json.NET allows.
+                    self.pos += 1;
+                    return Ok(builder.object(properties, start));
+                }
                 None => return Err(self.error("Unexpected end of input inside an object")),
-                Some(_) => return Err(self.error("Expected a property name in double quotes")),
-            }
-            let key = self.string()?;
+                Some(_) => self.unquoted_name()?,
+            };
             let key = builder.key(key, key_start);
-            self.skip_whitespace();
+            self.skip_whitespace()?;
             if self.peek() != Some(b':') {
                 return Err(self.error("Expected ':' after a property name"));
             }
             self.pos += 1;
-            self.skip_whitespace();
+            self.skip_whitespace()?;
             let value = self.value(builder, depth)?;
             properties.push((key, value));
-            self.skip_whitespace();
+            self.skip_whitespace()?;
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b'}') => {
@@ -216,57 +281,53 @@ impl Parser<'_> {
         }
     }
 
+    /// Reads a number the way Json.NET's reader delimits one: `NaN`, `Infinity`, `-Infinity`, or a
+    /// run of `-+.0-9a-fA-FxX` that must classify as an integer, octal, hex or double.
     fn number(&mut self) -> Result<&str, ParseError> {
         let start = self.pos;
-        if self.peek() == Some(b'-') {
+        for word in ["NaN", "Infinity", "-Infinity"] {
+            if self.bytes[self.pos..].starts_with(word.as_bytes()) {
+                self.pos += word.len();
+                self.expect_separator()?;
+                return Ok(&self.text[start..self.pos]);
+            }
+        }
+        while let Some(b'-' | b'+' | b'.' | b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' | b'x' | b'X') = self.peek() {
             self.pos += 1;
         }
-        match self.peek() {
-            Some(b'0') => {
-                self.pos += 1;
-                if matches!(self.peek(), Some(b'0'..=b'9')) {
-                    return Err(self.error("Numbers may not have leading zeros"));
-                }
-            }
-            Some(b'1'..=b'9') => self.digits(),
-            _ => return Err(self.error("Expected a digit")),
+        self.expect_separator()?;
+        let text = &self.text[start..self.pos];
+        if number_token_checked(text).is_none() {
+            self.pos = start;
+            return Err(self.error(&format!("Input string '{text}' is not a valid number")));
         }
-        if self.peek() == Some(b'.') {
-            self.pos += 1;
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
-                return Err(self.error("Expected a digit after the decimal point"));
-            }
-            self.digits();
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.pos += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.pos += 1;
-            }
-            if !matches!(self.peek(), Some(b'0'..=b'9')) {
-                return Err(self.error("Expected a digit in the exponent"));
-            }
-            self.digits();
-        }
-        Ok(&self.text[start..self.pos])
+        Ok(text)
     }
 
-    fn digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.pos += 1;
+    /// A property name without quotes: letters, digits, `_` and `$`.
+    fn unquoted_name(&mut self) -> Result<String, ParseError> {
+        let start = self.pos;
+        let name_len = self.text[start..]
+            .char_indices()
+            .find(|&(_, ch)| !(ch.is_alphanumeric() || ch == '_' || ch == '$'))
+            .map_or(self.text.len() - start, |(i, _)| i);
+        if name_len == 0 {
+            return Err(self.error("Expected a property name"));
         }
+        self.pos += name_len;
+        Ok(self.text[start..self.pos].to_string())
     }
 
-    /// Reads a string literal starting at the opening quote. Raw control characters are accepted,
-    /// as Json.NET accepts them.
-    fn string(&mut self) -> Result<String, ParseError> {
+    /// Reads a string literal starting at its opening quote (`"` or `'`). Raw control characters
+    /// are accepted, as Json.NET accepts them.
+    fn string(&mut self, quote: u8) -> Result<String, ParseError> {
         self.pos += 1;
         let mut out = String::new();
         let mut run_start = self.pos;
         loop {
             match self.peek() {
                 None => return Err(self.error("Unterminated string")),
-                Some(b'"') => {
+                Some(byte) if byte == quote => {
                     out.push_str(&self.text[run_start..self.pos]);
                     self.pos += 1;
                     return Ok(out);
@@ -289,6 +350,7 @@ impl Parser<'_> {
         self.pos += 1;
         match byte {
             b'"' => out.push('"'),
+            b'\'' => out.push('\''),
             b'\\' => out.push('\\'),
             b'/' => out.push('/'),
             b'b' => out.push('\u{8}'),
@@ -378,18 +440,45 @@ impl Builder for TokenBuilder {
     }
 }
 
-/// Classifies a valid JSON number the way Json.NET's reader does.
+/// Longest integer literal Json.NET reads (`MaximumJavascriptIntegerCharacterLength`).
+const MAX_INTEGER_LENGTH: usize = 380;
+
+/// Classifies a number literal the way Json.NET's reader does.
 pub(crate) fn number_token(text: &str) -> JToken {
-    if text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
-        // Out-of-range exponents give ±Infinity (or ±0), as .NET Core's double.Parse does.
-        JToken::Float(text.parse().unwrap_or(f64::NAN))
-    } else {
-        match text.parse::<i64>() {
-            Ok(value) => JToken::Integer(value),
-            // Valid JSON integers have no leading zeros, so the text is already canonical.
-            Err(_) => JToken::BigInteger(text.into()),
-        }
+    number_token_checked(text).unwrap_or(JToken::Float(f64::NAN))
+}
+
+fn number_token_checked(text: &str) -> Option<JToken> {
+    match text {
+        "NaN" => return Some(JToken::Float(f64::NAN)),
+        "Infinity" => return Some(JToken::Float(f64::INFINITY)),
+        "-Infinity" => return Some(JToken::Float(f64::NEG_INFINITY)),
+        _ => {}
     }
+    let bytes = text.as_bytes();
+    if bytes.len() > 1 && bytes[0] == b'0' && !matches!(bytes[1], b'.' | b'e' | b'E') {
+        let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => (hex, 16),
+            None => (&text[1..], 8),
+        };
+        return i64::from_str_radix(digits, radix).ok().map(JToken::Integer);
+    }
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
+        return match text.parse::<i64>() {
+            Ok(value) => Some(JToken::Integer(value)),
+            Err(_) if text.len() <= MAX_INTEGER_LENGTH => Some(JToken::BigInteger(text.into())),
+            Err(_) => None,
+        };
+    }
+    let float_chars = text
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'));
+    if !float_chars || !text.bytes().any(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Out-of-range exponents give ±Infinity (or ±0), as .NET Core's double.Parse does.
+    text.parse::<f64>().ok().map(JToken::Float)
 }
 
 fn object_from_pairs(properties: Vec<(Box<str>, JToken)>) -> JObject {
@@ -445,18 +534,38 @@ mod tests {
     fn rejects_invalid_json_with_offsets() {
         for (text, offset) in [
             ("{", 1),
-            ("[1,]", 3),
-            ("01", 1),
+            ("[1,,2]", 3),
+            ("08", 0),
             ("{\"a\" 1}", 5),
             ("tru", 0),
             ("\"abc", 4),
             ("1 2", 2),
-            ("{'a':1}", 1),
+            ("{a b:1}", 3),
             ("\"\\x\"", 2),
+            ("[1x]", 1),
+            ("/* open", 0),
+            ("+1", 0),
         ] {
             let error = parse_token(text).unwrap_err();
             assert_eq!(error.offset, offset, "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn accepts_json_net_leniency() {
+        let token = parse_token("// device\n{'a': 1, b: [1,2,], /* c */ \"c\": NaN, d: -Infinity, e: 012, f: 0x1F, g: .5,}").unwrap();
+        assert_eq!(
+            token.to_json(),
+            r#"{"a":1,"b":[1,2],"c":"NaN","d":"-Infinity","e":10,"f":31,"g":0.5}"#
+        );
+    }
+
+    #[test]
+    fn message_bodies_ignore_text_after_the_first_value() {
+        assert_eq!(parse_message("{\"a\":1} garbage", 0).unwrap().to_json(), r#"{"a":1}"#);
+        assert_eq!(parse_message("65 xyz", 0).unwrap(), JToken::Integer(65));
+        assert!(parse_token("{\"a\":1} garbage").is_err());
+        assert!(parse_message("", 0).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! JSON values that remember where they start, so template errors can say `file:line:col`.
 
-use super::parse::{Builder, ParseError, number_token, parse_with};
+use super::parse::{Builder, MAX_DEPTH, ParseError, Trailing, number_token, parse_with};
 use super::JToken;
 
 /// A 1-based line and column (in characters).
@@ -80,7 +80,7 @@ impl SpannedJson {
 /// Parses `text`, recording the position of every value and member name.
 pub fn parse_spanned(text: &str) -> Result<Spanned<SpannedJson>, (Pos, String)> {
     let mut builder = SpanBuilder::new(text);
-    parse_with(text, &mut builder).map_err(|error: ParseError| {
+    parse_with(text, &mut builder, Trailing::Reject, MAX_DEPTH).map_err(|error: ParseError| {
         let pos = builder.pos(error.offset);
         (pos, error.message)
     })
@@ -167,8 +167,8 @@ mod tests {
 
     #[test]
     fn syntax_errors_carry_positions() {
-        let (pos, message) = parse_spanned("{\n  \"a\": 1,\n}").unwrap_err();
-        assert_eq!(pos, Pos { line: 3, column: 1 });
-        assert!(message.contains("property name"), "{message}");
+        let (pos, message) = parse_spanned("{\n  \"a\": 1\n  \"b\": 2\n}").unwrap_err();
+        assert_eq!(pos, Pos { line: 3, column: 3 });
+        assert!(message.contains("Expected ','"), "{message}");
     }
 }

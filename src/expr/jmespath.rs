@@ -1,0 +1,429 @@
+//! JMESPath through the `jmespath` crate, with JmesPath.Net's result rules and the original's
+//! custom functions (compat.md §4.4, §4.5).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+
+use jmespath::ast::Ast;
+use jmespath::{ErrorReason, Expression, Rcvar, Runtime, Variable};
+use serde_json::Number;
+
+use super::functions::register_custom_functions;
+use super::{ExpressionError, Selection};
+use crate::json::{JObject, JToken, JsonDate};
+
+/// Longest expression accepted; real templates are far shorter, and the bound keeps hostile
+/// expressions from exhausting the parser's and interpreter's stacks.
+const MAX_EXPRESSION_LENGTH: usize = 4096;
+/// Deepest bracket nesting (and count of prefix `!`/`&` operators) accepted.
+const MAX_NESTING: usize = 32;
+/// Deepest syntax tree accepted.
+const MAX_AST_DEPTH: usize = 128;
+
+static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+    let mut runtime = Runtime::new();
+    runtime.register_builtin_functions();
+    register_custom_functions(&mut runtime);
+    runtime
+});
+
+/// Built-in functions and their accepted argument counts (`None` = variadic).
+const BUILTIN_ARITY: &[(&str, usize, Option<usize>)] = &[
+    ("abs", 1, Some(1)),
+    ("avg", 1, Some(1)),
+    ("ceil", 1, Some(1)),
+    ("contains", 2, Some(2)),
+    ("ends_with", 2, Some(2)),
+    ("floor", 1, Some(1)),
+    ("join", 2, Some(2)),
+    ("keys", 1, Some(1)),
+    ("length", 1, Some(1)),
+    ("map", 2, Some(2)),
+    ("max", 1, Some(1)),
+    ("max_by", 2, Some(2)),
+    ("merge", 1, None),
+    ("min", 1, Some(1)),
+    ("min_by", 2, Some(2)),
+    ("not_null", 1, None),
+    ("reverse", 1, Some(1)),
+    ("sort", 1, Some(1)),
+    ("sort_by", 2, Some(2)),
+    ("starts_with", 2, Some(2)),
+    ("sum", 1, Some(1)),
+    ("to_array", 1, Some(1)),
+    ("to_number", 1, Some(1)),
+    ("to_string", 1, Some(1)),
+    ("type", 1, Some(1)),
+    ("values", 1, Some(1)),
+    ("add", 2, Some(2)),
+    ("subtract", 2, Some(2)),
+    ("multiply", 2, Some(2)),
+    ("divide", 2, Some(2)),
+    ("pow", 2, Some(2)),
+    ("insertString", 3, Some(3)),
+    ("fromUnixTimestamp", 1, Some(1)),
+    ("fromUnixTimestampMs", 1, Some(1)),
+];
+
+/// A compiled JMESPath expression.
+pub struct JmesPath {
+    expression: Expression<'static>,
+    projection: bool,
+}
+
+impl std::fmt::Debug for JmesPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("JmesPath").field(&self.expression.as_str()).finish()
+    }
+}
+
+impl JmesPath {
+    /// Compiles `text`, checking function names and argument counts as JmesPath.Net does at load.
+    pub fn compile(text: &str) -> Result<Self, ExpressionError> {
+        let unparsable = |detail: String| {
+            ExpressionError::Compile(format!(
+                "The following JmesPath expression could not be parsed: {text}. {detail}"
+            ))
+        };
+        check_size(text).map_err(unparsable)?;
+        let expression = RUNTIME
+            .compile(&quote_bare_literals(text))
+            .map_err(|error| unparsable(describe(&error)))?;
+        check_depth(expression.as_ast()).map_err(unparsable)?;
+        check_functions(expression.as_ast()).map_err(unparsable)?;
+        let projection = is_projection(expression.as_ast());
+        Ok(JmesPath {
+            expression,
+            projection,
+        })
+    }
+
+    /// The expression text.
+    pub fn as_str(&self) -> &str {
+        self.expression.as_str()
+    }
+
+    /// Evaluates against `data`. A projection yields each element; anything else one token
+    /// (`null` yields nothing).
+    pub fn evaluate(&self, data: &Rcvar) -> Result<Selection<'static>, ExpressionError> {
+        let result = self
+            .expression
+            .search(data.clone())
+            .map_err(|error| ExpressionError::Evaluate(runtime_message(&error)))?;
+        let tokens = if self.projection {
+            match &*result {
+                Variable::Array(items) => items.iter().map(|item| from_variable(item)).collect(),
+                _ => Vec::new(),
+            }
+        } else if result.is_null() {
+            Vec::new()
+        } else {
+            vec![from_variable(&result)]
+        };
+        Ok(Selection::owned(tokens))
+    }
+}
+
+/// Converts a token to the crate's variable type. Dates become their source text; numbers keep
+/// integer-ness (big integers become doubles, as JMESPath numbers are doubles).
+pub fn to_variable(token: &JToken) -> Rcvar {
+    Arc::new(match token {
+        JToken::Null => Variable::Null,
+        JToken::Bool(value) => Variable::Bool(*value),
+        JToken::Integer(value) => Variable::Number(Number::from(*value)),
+        JToken::BigInteger(digits) => digits
+            .parse::<f64>()
+            .ok()
+            .and_then(Number::from_f64)
+            .map_or(Variable::Null, Variable::Number),
+        JToken::Float(value) => Number::from_f64(*value).map_or(Variable::Null, Variable::Number),
+        JToken::String(value) => Variable::String(value.to_string()),
+        JToken::Date(date) => Variable::String(date.source().to_string()),
+        JToken::Array(items) => Variable::Array(items.iter().map(to_variable).collect()),
+        JToken::Object(object) => Variable::Object(object_to_map(object)),
+    })
+}
+
+/// The variable map of an object, for callers that add members (such as `matchedToken`).
+pub fn object_to_map(object: &JObject) -> BTreeMap<String, Rcvar> {
+    object
+        .iter()
+        .map(|(key, value)| (key.to_string(), to_variable(value)))
+        .collect()
+}
+
+/// Converts a result back to a token. Strings are read again with Json.NET's date detection, so
+/// dates that went in (and `fromUnixTimestamp` results) come back as dates.
+pub fn from_variable(variable: &Variable) -> JToken {
+    match variable {
+        Variable::Null | Variable::Expref(_) => JToken::Null,
+        Variable::Bool(value) => JToken::Bool(*value),
+        Variable::Number(number) => match number.as_i64() {
+            Some(value) => JToken::Integer(value),
+            None if number.is_u64() => JToken::BigInteger(number.to_string().into()),
+            None => JToken::Float(number.as_f64().unwrap_or(f64::NAN)),
+        },
+        Variable::String(value) => match JsonDate::detect(value) {
+            Some(date) => JToken::Date(Box::new(date)),
+            None => JToken::string(value.as_str()),
+        },
+        Variable::Array(items) => JToken::Array(items.iter().map(|item| from_variable(item)).collect()),
+        Variable::Object(map) => JToken::Object(
+            map.iter()
+                .map(|(key, value)| (key.clone(), from_variable(value)))
+                .collect(),
+        ),
+    }
+}
+
+/// JmesPath.Net marks list/object wildcards, slices, filters and flattens as projections. The
+/// crate folds `a[*].b` into the projection and parses pipes as sub-expressions, so a
+/// sub-expression is a projection exactly when its right side is (a pipe ends a projection).
+fn is_projection(ast: &Ast) -> bool {
+    match ast {
+        Ast::Projection { .. } | Ast::Flatten { .. } => true,
+        Ast::Subexpr { rhs, .. } => is_projection(rhs),
+        _ => false,
+    }
+}
+
+/// Rewrites backtick literals that are not JSON (`` `heartRate` ``) as JSON strings. JmesPath.Net,
+/// like the reference implementation, reads them as strings, and MedTech's documented templates
+/// rely on it; the `jmespath` crate accepts only JSON.
+fn quote_bare_literals(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(ch) = chars.next() {
+        match quote {
+            Some(open) => {
+                out.push(ch);
+                if ch == '\\' {
+                    out.extend(chars.next());
+                } else if ch == open {
+                    quote = None;
+                }
+            }
+            None if ch == '`' => {
+                let mut content = String::new();
+                let mut closed = false;
+                while let Some(next) = chars.next() {
+                    match next {
+                        '\\' if chars.peek() == Some(&'`') => content.push(chars.next().unwrap_or('`')),
+                        '`' => {
+                            closed = true;
+                            break;
+                        }
+                        other => content.push(other),
+                    }
+                }
+                if !closed || serde_json::from_str::<serde_json::Value>(&content).is_ok() {
+                    // Valid JSON (or unterminated, left for the parser to report) stays as written.
+                    out.push('`');
+                    out.push_str(&content.replace('`', "\\`"));
+                    if closed {
+                        out.push('`');
+                    }
+                } else {
+                    let json = serde_json::Value::String(content.trim().to_string()).to_string();
+                    out.push('`');
+                    out.push_str(&json.replace('`', "\\`"));
+                    out.push('`');
+                }
+            }
+            None => {
+                if ch == '\'' || ch == '"' {
+                    quote = Some(ch);
+                }
+                out.push(ch);
+            }
+        }
+    }
+    out
+}
+
+fn check_size(text: &str) -> Result<(), String> {
+    if text.len() > MAX_EXPRESSION_LENGTH {
+        return Err(format!(
+            "Expressions longer than {MAX_EXPRESSION_LENGTH} characters are not accepted."
+        ));
+    }
+    let (mut depth, mut deepest, mut prefixes) = (0usize, 0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for ch in text.chars() {
+        if let Some(open) = quote {
+            if escaped {
+                escaped = false;
+            } else if ch == '\\' {
+                escaped = true;
+            } else if ch == open {
+                quote = None;
+            }
+            continue;
+        }
+        match ch {
+            '\'' | '"' | '`' => quote = Some(ch),
+            '(' | '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            '!' | '&' => prefixes += 1,
+            _ => {}
+        }
+    }
+    if deepest > MAX_NESTING || prefixes > MAX_NESTING * 2 {
+        return Err(format!("Expressions nested deeper than {MAX_NESTING} levels are not accepted."));
+    }
+    Ok(())
+}
+
+/// The interpreter recurses once per AST level; a bounded depth keeps it off the stack's edge.
+fn check_depth(ast: &Ast) -> Result<(), String> {
+    let mut pending = vec![(ast, 1usize)];
+    while let Some((node, depth)) = pending.pop() {
+        if depth > MAX_AST_DEPTH {
+            return Err(format!("Expressions nested deeper than {MAX_AST_DEPTH} levels are not accepted."));
+        }
+        pending.extend(children(node).into_iter().map(|child| (child, depth + 1)));
+    }
+    Ok(())
+}
+
+fn children(node: &Ast) -> Vec<&Ast> {
+    match node {
+        Ast::Comparison { lhs, rhs, .. }
+        | Ast::Projection { lhs, rhs, .. }
+        | Ast::And { lhs, rhs, .. }
+        | Ast::Or { lhs, rhs, .. }
+        | Ast::Subexpr { lhs, rhs, .. } => vec![&**lhs, &**rhs],
+        Ast::Condition { predicate, then, .. } => vec![&**predicate, &**then],
+        Ast::Expref { ast, .. } => vec![&**ast],
+        Ast::Flatten { node, .. } | Ast::Not { node, .. } | Ast::ObjectValues { node, .. } => vec![&**node],
+        Ast::Function { args, .. } | Ast::MultiList { elements: args, .. } => args.iter().collect(),
+        Ast::MultiHash { elements, .. } => elements.iter().map(|kv| &kv.value).collect(),
+        Ast::Identity { .. } | Ast::Field { .. } | Ast::Index { .. } | Ast::Literal { .. } | Ast::Slice { .. } => {
+            Vec::new()
+        }
+    }
+}
+
+fn check_functions(ast: &Ast) -> Result<(), String> {
+    let mut pending = vec![ast];
+    while let Some(node) = pending.pop() {
+        if let Ast::Function { name, args, .. } = node {
+            let Some(&(_, min, max)) = BUILTIN_ARITY.iter().find(|(known, ..)| known == name) else {
+                return Err(format!("Unknown function: {name}."));
+            };
+            if args.len() < min || max.is_some_and(|max| args.len() > max) {
+                let expected = match max {
+                    Some(max) if max == min => format!("{min}"),
+                    Some(max) => format!("{min} to {max}"),
+                    None => format!("at least {min}"),
+                };
+                return Err(format!("Function {name} expects {expected} argument(s), got {}.", args.len()));
+            }
+        }
+        pending.extend(children(node));
+    }
+    Ok(())
+}
+
+fn describe(error: &jmespath::JmespathError) -> String {
+    match &error.reason {
+        ErrorReason::Parse(message) => format!("{message} (column {}).", error.column + 1),
+        ErrorReason::Runtime(runtime) => format!("{runtime}."),
+    }
+}
+
+/// Runtime errors: custom functions carry their exact message in a `Parse` reason.
+fn runtime_message(error: &jmespath::JmespathError) -> String {
+    match &error.reason {
+        ErrorReason::Parse(message) => message.clone(),
+        ErrorReason::Runtime(runtime) => format!(
+            "Error evaluating JmesPath expression {}: {runtime}.",
+            error.expression
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::parse_token;
+
+    fn eval(expression: &str, data: &str) -> Result<Vec<String>, ExpressionError> {
+        let compiled = JmesPath::compile(expression)?;
+        let data = to_variable(&parse_token(data).unwrap());
+        Ok(compiled
+            .evaluate(&data)?
+            .into_iter()
+            .map(|selected| selected.as_token().unwrap().to_json())
+            .collect())
+    }
+
+    #[test]
+    fn projections_yield_each_element_and_other_results_one_token() {
+        let data = r#"{"a":[{"hr":1},{"x":2},{"hr":3}],"n":null}"#;
+        assert_eq!(eval("a[*].hr", data).unwrap(), vec!["1", "3"]);
+        assert_eq!(eval("a[?hr]", data).unwrap(), vec![r#"{"hr":1}"#, r#"{"hr":3}"#]);
+        assert_eq!(eval("a", data).unwrap(), vec![r#"[{"hr":1},{"x":2},{"hr":3}]"#]);
+        assert_eq!(eval("a[*].hr | [0]", data).unwrap(), vec!["1"]);
+        assert_eq!(eval("to_array(@)[?a]", data).unwrap().len(), 1);
+        assert_eq!(eval("[a][?contains(keys(@[0]), `hr`)] | @[0]", data).unwrap().len(), 1);
+        assert!(eval("n", data).unwrap().is_empty());
+        assert!(eval("missing", data).unwrap().is_empty());
+        assert!(eval("a[*].missing", data).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keeps_integers_floats_and_dates() {
+        let data = r#"{"i":65,"f":65.5,"d":"2019-02-01T22:46:01Z"}"#;
+        assert_eq!(eval("i", data).unwrap(), vec!["65"]);
+        assert_eq!(eval("f", data).unwrap(), vec!["65.5"]);
+        let compiled = JmesPath::compile("d").unwrap();
+        let tokens = compiled
+            .evaluate(&to_variable(&parse_token(data).unwrap()))
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>();
+        assert!(matches!(tokens[0].as_token(), Some(JToken::Date(_))));
+    }
+
+    #[test]
+    fn bare_literals_are_strings() {
+        let data = r#"{"Body":{"heartRate":78,"deviceId":"d1"}}"#;
+        assert_eq!(
+            eval("[Body][?contains(keys(@), `heartRate`)] | @[0].deviceId", data).unwrap(),
+            vec![r#""d1""#]
+        );
+        assert_eq!(eval("`\"quoted\"`", data).unwrap(), vec![r#""quoted""#]);
+        assert_eq!(eval("`[1, 2]`", data).unwrap(), vec!["[1,2]"]);
+        assert_eq!(quote_bare_literals("'`x`' && `y`"), "'`x`' && `\"y\"`");
+    }
+
+    #[test]
+    fn rejects_bad_expressions_at_compile_time() {
+        for expression in ["a[", "nosuch(@)", "abs(`1`, `2`)", "add(`1`)", "insertString('a', 'b')"] {
+            let error = JmesPath::compile(expression).unwrap_err();
+            assert!(
+                error.to_string().starts_with("The following JmesPath expression could not be parsed: "),
+                "{expression}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_expressions_are_rejected_not_crashed() {
+        let deep = "(".repeat(10_000) + "a" + &")".repeat(10_000);
+        assert!(JmesPath::compile(&deep).is_err());
+        let nots = "!".repeat(100_000) + "a";
+        assert!(JmesPath::compile(&nots).is_err());
+        let chain = vec!["a"; 2000].join(".");
+        assert!(JmesPath::compile(&chain).is_err());
+        let chain = vec!["a"; 100].join(".");
+        let compiled = JmesPath::compile(&chain).unwrap();
+        assert!(compiled.evaluate(&to_variable(&JToken::Null)).unwrap().into_iter().next().is_none());
+    }
+}
