@@ -12,3 +12,5 @@
 pub mod expr;
 pub mod json;
 pub mod model;
+pub mod device;
+pub mod cli;

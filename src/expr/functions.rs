@@ -1,32 +1,39 @@
 //! The original's custom JMESPath functions (compat.md §4.5, decision P2).
 //!
 //! Arithmetic keeps Json.NET's integer/float typing: an integer result when both arguments are
-//! integers (wrapping on overflow, as C# `unchecked` longs do), a double otherwise.
+//! integers (wrapping on overflow, as C# `unchecked` longs do), a double otherwise. Doubles are
+//! combined as exact decimals of their shortest text, so a unit conversion such as
+//! ``multiply(`78`, `0.0254`)`` gives the documented `1.9812` rather than binary noise
+//! (`1.9811999999999999`); values outside `decimal`'s range fall back to IEEE arithmetic.
+//! Argument positions in messages count from 0, as the original's do.
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use jmespath::{Context, ErrorReason, JmespathError, Rcvar, Runtime, Variable};
+use rust_decimal::Decimal;
 use serde_json::Number;
 
 use crate::json::JsonDate;
 
 type Outcome = Result<Rcvar, JmespathError>;
 
-/// Registers `add`, `subtract`, `multiply`, `divide`, `pow`, `insertString`, `fromUnixTimestamp`
-/// and `fromUnixTimestampMs`.
+/// Registers `add`, `subtract`, `multiply`, `divide`, `pow`, `insertString`, `appendString`,
+/// `fromUnixTimestamp` and `fromUnixTimestampMs`.
 pub fn register_custom_functions(runtime: &mut Runtime) {
     runtime.register_function("add", Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-        arithmetic("add", args, ctx, |a, b| Ok(Num::Int(a.wrapping_add(b))), |a, b| a + b)
+        arithmetic("add", args, ctx, i64::wrapping_add, Decimal::checked_add, |a, b| a + b)
     }));
     runtime.register_function("subtract", Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-        arithmetic("subtract", args, ctx, |a, b| Ok(Num::Int(a.wrapping_sub(b))), |a, b| a - b)
+        arithmetic("subtract", args, ctx, i64::wrapping_sub, Decimal::checked_sub, |a, b| a - b)
     }));
     runtime.register_function("multiply", Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-        arithmetic("multiply", args, ctx, |a, b| Ok(Num::Int(a.wrapping_mul(b))), |a, b| a * b)
+        arithmetic("multiply", args, ctx, i64::wrapping_mul, Decimal::checked_mul, |a, b| a * b)
     }));
     runtime.register_function("divide", Box::new(divide));
     runtime.register_function("pow", Box::new(pow));
     runtime.register_function("insertString", Box::new(insert_string));
+    runtime.register_function("appendString", Box::new(append_string));
     runtime.register_function("fromUnixTimestamp", Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
         from_unix("fromUnixTimestamp", 1000, args, ctx)
     }));
@@ -52,7 +59,10 @@ fn expect_arity(name: &str, args: &[Rcvar], count: usize, ctx: &Context<'_>) -> 
     } else {
         Err(fail(
             ctx,
-            format!("Error: invalid-arity, function {name} expects {count} arguments, got {}", args.len()),
+            format!(
+                "Incorrect number of arguments provided to function {name}. Expected {count} but received {}",
+                args.len()
+            ),
         ))
     }
 }
@@ -63,13 +73,10 @@ fn number_arg(name: &str, args: &[Rcvar], index: usize, ctx: &Context<'_>) -> Re
         Variable::Number(number) => number
             .as_i64()
             .map(Num::Int)
-            .ok_or_else(|| fail(ctx, format!("Error: function {name} argument {} is out of range", index + 1))),
+            .ok_or_else(|| fail(ctx, format!("Error: function {name} argument {index} is out of range"))),
         _ => Err(fail(
             ctx,
-            format!(
-                "Error: invalid-type, function {name} expects argument {} to be one of the following: Integer|Float",
-                index + 1
-            ),
+            format!("Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer|Float"),
         )),
     }
 }
@@ -78,13 +85,10 @@ fn integer_arg(name: &str, args: &[Rcvar], index: usize, ctx: &Context<'_>) -> R
     match &*args[index] {
         Variable::Number(number) if !number.is_f64() => number
             .as_i64()
-            .ok_or_else(|| fail(ctx, format!("Error: function {name} argument {} is out of range", index + 1))),
+            .ok_or_else(|| fail(ctx, format!("Error: function {name} argument {index} is out of range"))),
         _ => Err(fail(
             ctx,
-            format!(
-                "Error: invalid-type, function {name} expects argument {} to be one of the following: Integer",
-                index + 1
-            ),
+            format!("Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer"),
         )),
     }
 }
@@ -94,10 +98,7 @@ fn string_arg<'a>(name: &str, args: &'a [Rcvar], index: usize, ctx: &Context<'_>
         Variable::String(value) => Ok(value),
         _ => Err(fail(
             ctx,
-            format!(
-                "Error: invalid-type, function {name} expects argument {} to be one of the following: String",
-                index + 1
-            ),
+            format!("Error: invalid-type, function {name} expects argument {index} to be one of the following: String"),
         )),
     }
 }
@@ -115,17 +116,32 @@ fn arithmetic(
     name: &str,
     args: &[Rcvar],
     ctx: &mut Context<'_>,
-    integers: impl Fn(i64, i64) -> Result<Num, String>,
+    integers: impl Fn(i64, i64) -> i64,
+    decimals: impl Fn(Decimal, Decimal) -> Option<Decimal>,
     floats: impl Fn(f64, f64) -> f64,
 ) -> Outcome {
     expect_arity(name, args, 2, ctx)?;
     let left = number_arg(name, args, 0, ctx)?;
     let right = number_arg(name, args, 1, ctx)?;
     let value = match (left, right) {
-        (Num::Int(a), Num::Int(b)) => integers(a, b).map_err(|message| fail(ctx, message))?,
-        (a, b) => Num::Float(floats(as_f64(a), as_f64(b))),
+        (Num::Int(a), Num::Int(b)) => Num::Int(integers(a, b)),
+        (a, b) => Num::Float(decimal_op(a, b, &decimals).unwrap_or_else(|| floats(as_f64(a), as_f64(b)))),
     };
     number_result(name, value, ctx)
+}
+
+/// The operation on exact decimals of both operands, when they and the result fit `decimal`.
+fn decimal_op(a: Num, b: Num, op: impl Fn(Decimal, Decimal) -> Option<Decimal>) -> Option<f64> {
+    let result = op(to_decimal(a)?, to_decimal(b)?)?;
+    result.normalize().to_string().parse().ok()
+}
+
+fn to_decimal(value: Num) -> Option<Decimal> {
+    match value {
+        Num::Int(value) => Some(Decimal::from(value)),
+        Num::Float(value) if value.is_finite() => Decimal::from_str(&value.to_string()).ok(),
+        Num::Float(_) => None,
+    }
 }
 
 fn as_f64(value: Num) -> f64 {
@@ -148,7 +164,7 @@ fn divide(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
         (Num::Int(a), Num::Int(b)) if a.checked_rem(b) == Some(0) => {
             a.checked_div(b).map_or(Num::Float(a as f64 / b as f64), Num::Int)
         }
-        (a, b) => Num::Float(as_f64(a) / as_f64(b)),
+        (a, b) => Num::Float(decimal_op(a, b, Decimal::checked_div).unwrap_or_else(|| as_f64(a) / as_f64(b))),
     };
     number_result("divide", value, ctx)
 }
@@ -156,21 +172,23 @@ fn divide(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
 /// `Math.Pow`; with two integers the result goes through `Convert.ToInt64`, which rounds half to
 /// even and overflows outside the 64-bit range.
 fn pow(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
-    arithmetic(
-        "pow",
-        args,
-        ctx,
-        |a, b| {
-            let power = (a as f64).powf(b as f64);
-            let rounded = power.round_ties_even();
-            if rounded.is_finite() && rounded >= -9_223_372_036_854_775_808.0 && rounded < 9_223_372_036_854_775_808.0 {
-                Ok(Num::Int(rounded as i64))
-            } else {
-                Err("Error: function pow overflowed: Value was either too large or too small for an Int64.".to_string())
+    expect_arity("pow", args, 2, ctx)?;
+    let left = number_arg("pow", args, 0, ctx)?;
+    let right = number_arg("pow", args, 1, ctx)?;
+    let value = match (left, right) {
+        (Num::Int(a), Num::Int(b)) => {
+            let rounded = (a as f64).powf(b as f64).round_ties_even();
+            if !(rounded.is_finite() && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&rounded)) {
+                return Err(fail(
+                    ctx,
+                    "Error: function pow overflowed: Value was either too large or too small for an Int64.".to_string(),
+                ));
             }
-        },
-        f64::powf,
-    )
+            Num::Int(rounded as i64)
+        }
+        (a, b) => Num::Float(as_f64(a).powf(as_f64(b))),
+    };
+    number_result("pow", value, ctx)
 }
 
 /// `string.Insert` on UTF-16 code units, as .NET strings are indexed.
@@ -196,6 +214,14 @@ fn insert_string(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
     Ok(Arc::new(Variable::String(String::from_utf16_lossy(&units))))
 }
 
+/// String concatenation.
+fn append_string(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
+    expect_arity("appendString", args, 2, ctx)?;
+    let original = string_arg("appendString", args, 0, ctx)?;
+    let appended = string_arg("appendString", args, 1, ctx)?;
+    Ok(Arc::new(Variable::String(format!("{original}{appended}"))))
+}
+
 /// Returns the UTC date as ISO text, which the evaluator reads back as a date token.
 fn from_unix(name: &str, millis_per_unit: i64, args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
     expect_arity(name, args, 1, ctx)?;
@@ -210,4 +236,135 @@ fn from_unix(name: &str, millis_per_unit: i64, args: &[Rcvar], ctx: &mut Context
             )
         })?;
     Ok(Arc::new(Variable::String(date.source().to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::expr::{Expression, Language, Scope};
+    use crate::json::{JToken, parse_token};
+
+    /// Evaluates `expression` against `data`, returning the single result as JSON (dates as
+    /// `G` text) or the error message.
+    fn run(expression: &str, data: &str) -> Result<String, String> {
+        let compiled = Expression::compile(expression, Language::JmesPath).map_err(|e| e.to_string())?;
+        let data = parse_token(data).unwrap();
+        let result = compiled.select_token(&Scope::new(&data)).map_err(|e| e.to_string())?;
+        Ok(match result.as_ref().and_then(|r| r.as_token()) {
+            Some(JToken::Date(date)) => format!("date {}", date.to_general_string()),
+            Some(token) => token.to_json(),
+            None => "nothing".to_string(),
+        })
+    }
+
+    fn with(left: &str, right: &str) -> String {
+        format!(r#"{{"left":{left},"right":{right}}}"#)
+    }
+
+    #[test]
+    fn integer_arithmetic_wraps_like_csharp_longs() {
+        let max = i64::MAX.to_string();
+        let min = i64::MIN.to_string();
+        assert_eq!(run("add(left, right)", &with("-1", "100")).unwrap(), "99");
+        assert_eq!(run("add(left, right)", &with("0", &max)).unwrap(), max);
+        assert_eq!(run("subtract(left, right)", &with(&max, &max)).unwrap(), "0");
+        assert_eq!(run("subtract(left, right)", &with("0", &min)).unwrap(), min);
+        assert_eq!(run("multiply(left, right)", &with("-1", "100")).unwrap(), "-100");
+        assert_eq!(run("add(left, right)", &with(&max, "1")).unwrap(), min);
+    }
+
+    #[test]
+    fn float_arithmetic_is_decimal_exact() {
+        assert_eq!(run("add(left, right)", &with("-1.0", "10.5")).unwrap(), "9.5");
+        assert_eq!(run("subtract(left, right)", &with("1", "10.5")).unwrap(), "-9.5");
+        assert_eq!(run("multiply(left, right)", &with("100", "0.5")).unwrap(), "50.0");
+        assert_eq!(run("add(left, right)", &with("0.1", "0.2")).unwrap(), "0.3");
+        let height = r#"{"matchedToken":{"height":"78"}}"#;
+        assert_eq!(
+            run("multiply(to_number(matchedToken.height), `0.0254`)", height).unwrap(),
+            "1.9812"
+        );
+        // Beyond decimal's range, IEEE arithmetic.
+        assert_eq!(run("multiply(left, right)", &with("1e300", "10.0")).unwrap(), "1e301");
+    }
+
+    #[test]
+    fn divide_is_a_true_quotient() {
+        assert_eq!(run("divide(`40`, `50`)", "{}").unwrap(), "0.8");
+        assert_eq!(run("divide(`10`, `2`)", "{}").unwrap(), "5");
+        assert_eq!(run("divide(left, right)", &with("100", "-1")).unwrap(), "-100");
+        assert_eq!(run("divide(left, right)", &with("100", "25.0")).unwrap(), "4.0");
+        assert_eq!(run("divide(`1`, `3`)", "{}").unwrap(), "0.3333333333333333");
+        for zero in ["0", "0.0"] {
+            let error = run("divide(left, right)", &with("100", zero)).unwrap_err();
+            assert!(error.contains("divide by zero"), "{error}");
+        }
+    }
+
+    #[test]
+    fn pow_rounds_integers_and_overflows() {
+        assert_eq!(run("pow(left, right)", &with("0", "0")).unwrap(), "1");
+        assert_eq!(run("pow(left, right)", &with("10", "2")).unwrap(), "100");
+        assert_eq!(run("pow(left, right)", &with("10", "-1")).unwrap(), "0");
+        assert_eq!(run("pow(left, right)", &with("100", "-2.0")).unwrap(), "0.0001");
+        let error = run("pow(left, right)", &with(&i64::MAX.to_string(), "10")).unwrap_err();
+        assert!(error.contains("too large"), "{error}");
+        assert!(run("pow(`40`, `50`)", "{}").is_err());
+    }
+
+    #[test]
+    fn type_errors_use_the_original_text() {
+        for bad in [r#""bad""#, "[[[0,0,0],[0,0,0]]]", r#"{"value":1}"#] {
+            for function in ["add", "subtract", "multiply", "divide", "pow"] {
+                let error = run(&format!("{function}(left, right)"), &with(bad, "100")).unwrap_err();
+                assert_eq!(
+                    error,
+                    format!("Error: invalid-type, function {function} expects argument 0 to be one of the following: Integer|Float")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn insert_and_append_strings() {
+        let data = r#"{"original":"suess","toInsert":"cc","pos":2}"#;
+        assert_eq!(run("insertString(original, toInsert, pos)", data).unwrap(), r#""success""#);
+        assert_eq!(
+            run("insertString('myString', '!!', length('myString'))", "{}").unwrap(),
+            r#""myString!!""#
+        );
+        assert_eq!(run("insertString('ppy', 'ha', `0`)", "{}").unwrap(), r#""happy""#);
+        assert!(run("insertString('myString', '!!', `9`)", "{}").unwrap_err().contains("out of the range"));
+        assert!(run("insertString('ppy', 'ha', `-1`)", "{}").is_err());
+        assert!(run("insertString('text', 'x', `1.5`)", "{}").unwrap_err().contains("argument 2"));
+        assert!(run("insertString(`6`, 'x', `0`)", "{}").unwrap_err().contains("argument 0"));
+        // UTF-16 positions, as .NET counts them.
+        assert_eq!(run("insertString('😀b', 'a', `2`)", "{}").unwrap(), r#""😀ab""#);
+        assert_eq!(run("appendString('sample ', 'text')", "{}").unwrap(), r#""sample text""#);
+    }
+
+    #[test]
+    fn unix_timestamps_become_dates() {
+        assert_eq!(run("fromUnixTimestamp(`0`)", "{}").unwrap(), "date 01/01/1970 00:00:00");
+        assert_eq!(run("fromUnixTimestamp(`1625677200`)", "{}").unwrap(), "date 07/07/2021 17:00:00");
+        assert_eq!(run("fromUnixTimestamp(`-1`)", "{}").unwrap(), "date 12/31/1969 23:59:59");
+        assert_eq!(run("fromUnixTimestampMs(`1626799080000`)", "{}").unwrap(), "date 07/20/2021 16:38:00");
+        assert_eq!(run("fromUnixTimestampMs(`-1000`)", "{}").unwrap(), "date 12/31/1969 23:59:59");
+        assert!(run("fromUnixTimestamp('badData')", "{}").is_err());
+        assert!(run("fromUnixTimestamp(`1.5`)", "{}").is_err());
+        assert!(run("fromUnixTimestamp(`999999999999999`)", "{}").is_err());
+    }
+
+    #[test]
+    fn arity_is_checked_when_the_template_loads() {
+        for expression in [
+            "add()",
+            "add(left",
+            "divide(left, right, up)",
+            "fromUnixTimestamp(timestamp, extraParam)",
+            "insertString(original, toInsert)",
+            "insertString(original, toInsert, pos, extraParam)",
+        ] {
+            assert!(Expression::compile(expression, Language::JmesPath).is_err(), "{expression}");
+        }
+    }
 }

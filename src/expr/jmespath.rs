@@ -61,6 +61,7 @@ const BUILTIN_ARITY: &[(&str, usize, Option<usize>)] = &[
     ("divide", 2, Some(2)),
     ("pow", 2, Some(2)),
     ("insertString", 3, Some(3)),
+    ("appendString", 2, Some(2)),
     ("fromUnixTimestamp", 1, Some(1)),
     ("fromUnixTimestampMs", 1, Some(1)),
 ];

@@ -194,6 +194,15 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// Evaluate against `root` itself; `root_variable` caches its JMESPath view across the
+    /// templates applied to one message.
+    pub fn cached(root: &'a JToken, root_variable: &'a OnceCell<Rcvar>) -> Self {
+        Scope {
+            root_variable: Some(root_variable),
+            ..Scope::new(root)
+        }
+    }
+
     /// Evaluate against a selected result: a token, or a property node.
     pub fn of_selected(selected: &'a Selected<'a>) -> Self {
         match selected {
@@ -234,24 +243,20 @@ impl<'a> Scope<'a> {
 
     /// The JMESPath view of the scope, built on first use.
     fn variable(&self) -> &Rcvar {
-        self.variable.get_or_init(|| match self.matched {
-            None => self::jmespath::to_variable(self.root),
-            Some(matched) => {
-                let uncached;
-                let root = match self.root_variable {
-                    Some(cache) => cache.get_or_init(|| self::jmespath::to_variable(self.root)),
-                    None => {
-                        uncached = self::jmespath::to_variable(self.root);
-                        &uncached
-                    }
-                };
-                let mut map = match &**root {
-                    Variable::Object(map) => map.clone(),
-                    _ => Default::default(),
-                };
-                map.insert(MATCHED_TOKEN.to_string(), self::jmespath::to_variable(matched));
-                Arc::new(Variable::Object(map))
-            }
+        self.variable.get_or_init(|| {
+            let root = match self.root_variable {
+                Some(cache) => cache.get_or_init(|| self::jmespath::to_variable(self.root)).clone(),
+                None => self::jmespath::to_variable(self.root),
+            };
+            let Some(matched) = self.matched else {
+                return root;
+            };
+            let mut map = match &*root {
+                Variable::Object(map) => map.clone(),
+                _ => Default::default(),
+            };
+            map.insert(MATCHED_TOKEN.to_string(), self::jmespath::to_variable(matched));
+            Arc::new(Variable::Object(map))
         })
     }
 }

@@ -1,1 +1,5 @@
+//! The integration test binary: the `iomt` CLI run as a user runs it, against golden fixtures.
 
+mod cli;
+mod golden;
+mod util;

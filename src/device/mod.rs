@@ -1,0 +1,237 @@
+//! Device-mapping templates (MedTech / iomt-fhir template language) and normalization of device
+//! events into Measurements (compat.md §2–§7).
+//!
+//! [`DeviceTemplateSet::parse`] reads a `CollectionContent` template and reports every problem at
+//! once with its position; [`DeviceTemplateSet::normalize`] applies all templates, in order, to
+//! one event. Normalization is pure: time comes in as a parameter and nothing is logged.
+
+mod extract;
+mod template;
+
+use std::cell::OnceCell;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+use crate::expr::Expression;
+use crate::json::{ParseError, Pos, parse_spanned};
+use crate::model::{DeviceEvent, Measurement};
+
+/// A validated device-mapping template: the templates of a `CollectionContent`, in order.
+#[derive(Debug)]
+pub struct DeviceTemplateSet {
+    templates: Vec<ContentTemplate>,
+}
+
+/// The four device template types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateKind {
+    /// `JsonPathContent`: JSONPath expressions relative to the matched token.
+    JsonPath,
+    /// `IotJsonPathContent`: IoT Hub envelope; device id and timestamp are fixed.
+    IotJsonPath,
+    /// `IotCentralJsonPathContent`: IoT Central export; device id and timestamp are fixed.
+    IotCentralJsonPath,
+    /// `CalculatedContent`: JSONPath or JMESPath against the envelope plus `matchedToken`.
+    Calculated,
+}
+
+impl TemplateKind {
+    /// The canonical `templateType` name.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            TemplateKind::JsonPath => "JsonPathContentTemplate",
+            TemplateKind::IotJsonPath => "IotJsonPathContentTemplate",
+            TemplateKind::IotCentralJsonPath => "IotCentralJsonPathContentTemplate",
+            TemplateKind::Calculated => "CalculatedContentTemplate",
+        }
+    }
+
+    /// The name the original's messages use for the container.
+    fn container_name(self) -> &'static str {
+        match self {
+            TemplateKind::JsonPath => "JsonPathContentTemplate",
+            TemplateKind::IotJsonPath => "IotJsonPathContentTemplate",
+            TemplateKind::IotCentralJsonPath => "IotCentralJsonPathContent",
+            TemplateKind::Calculated => "CalculatedContent",
+        }
+    }
+
+    /// The original's class name, used in "Could not find member" messages.
+    fn class_name(self) -> &'static str {
+        match self {
+            TemplateKind::JsonPath => "JsonPathContentTemplate",
+            TemplateKind::IotJsonPath => "IotJsonPathContentTemplate",
+            TemplateKind::IotCentralJsonPath => "IotCentralJsonPathContentTemplate",
+            TemplateKind::Calculated => "CalculatedFunctionContentTemplate",
+        }
+    }
+}
+
+/// One template of the collection, compiled.
+#[derive(Debug)]
+struct ContentTemplate {
+    kind: TemplateKind,
+    type_name: String,
+    type_match: Expression,
+    device_id: Expression,
+    /// Tried in order; IotJsonPath falls back from creation time to enqueued time.
+    timestamps: Vec<Expression>,
+    patient_id: Option<Expression>,
+    encounter_id: Option<Expression>,
+    correlation_id: Option<Expression>,
+    values: Vec<ValueTemplate>,
+}
+
+#[derive(Debug)]
+struct ValueTemplate {
+    name: String,
+    expression: Expression,
+    required: bool,
+}
+
+/// A problem in a template, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    /// Position in the template text.
+    pub pos: Pos,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl TemplateError {
+    /// An error at `pos`.
+    pub fn at(pos: Pos, message: String) -> Self {
+        TemplateError { pos, message }
+    }
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.pos, self.message)
+    }
+}
+
+/// Why one device event produced no Measurements.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct NormalizeError {
+    /// The error's kind, named after the original's exception types.
+    pub kind: NormalizeErrorKind,
+    /// What went wrong, naming the template field; never the value itself.
+    pub message: String,
+}
+
+/// Kinds of normalization errors (the original's exception names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormalizeErrorKind {
+    /// The body is not JSON.
+    InvalidDataFormat,
+    /// A required value is missing, empty or of the wrong type; a timestamp does not parse.
+    IncompatibleData,
+    /// An expression failed: several tokens where one is expected, a JMESPath function error.
+    TemplateExpression,
+}
+
+impl NormalizeErrorKind {
+    /// The original's exception name, used as the error kind on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NormalizeErrorKind::InvalidDataFormat => "InvalidDataFormatException",
+            NormalizeErrorKind::IncompatibleData => "IncompatibleDataException",
+            NormalizeErrorKind::TemplateExpression => "TemplateExpressionException",
+        }
+    }
+}
+
+impl fmt::Display for NormalizeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl NormalizeError {
+    /// The error for a body that is not JSON.
+    pub fn invalid_json(error: &dyn fmt::Display) -> Self {
+        NormalizeError {
+            kind: NormalizeErrorKind::InvalidDataFormat,
+            message: format!("Invalid event message. Cannot be parsed into a JSON object. {error}"),
+        }
+    }
+
+    /// The error for a line that is not an event envelope.
+    pub fn invalid_envelope(detail: &str) -> Self {
+        NormalizeError {
+            kind: NormalizeErrorKind::InvalidDataFormat,
+            message: detail.to_string(),
+        }
+    }
+
+    fn incompatible(message: String) -> Self {
+        NormalizeError {
+            kind: NormalizeErrorKind::IncompatibleData,
+            message,
+        }
+    }
+
+    fn expression(message: String) -> Self {
+        NormalizeError {
+            kind: NormalizeErrorKind::TemplateExpression,
+            message,
+        }
+    }
+}
+
+impl From<ParseError> for NormalizeError {
+    fn from(error: ParseError) -> Self {
+        NormalizeError::invalid_json(&error)
+    }
+}
+
+impl DeviceTemplateSet {
+    /// Parses and validates a device-mapping template, reporting every error with its position.
+    pub fn parse(text: &str) -> Result<Self, Vec<TemplateError>> {
+        let root = parse_spanned(text).map_err(|(pos, message)| vec![TemplateError::at(pos, message)])?;
+        let mut errors = Vec::new();
+        let templates = template::read_collection(&root, &mut errors);
+        if errors.is_empty() {
+            Ok(DeviceTemplateSet { templates })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Number of templates in the collection.
+    pub fn len(&self) -> usize {
+        self.templates.len()
+    }
+
+    /// True when the collection is empty (valid; it produces nothing).
+    pub fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+    }
+
+    /// The `typeName`s of the templates, in order.
+    pub fn type_names(&self) -> impl Iterator<Item = &str> {
+        self.templates.iter().map(|t| t.type_name.as_str())
+    }
+
+    /// Applies every template, in order, to one event. All Measurements of the event, or the
+    /// first error: a message either normalizes completely or not at all. `now` is the ingestion
+    /// time when the event carries no enqueued time, and supplies the date for time-only
+    /// timestamps.
+    pub fn normalize(&self, event: &DeviceEvent, now: DateTime<Utc>) -> Result<Vec<Measurement>, NormalizeError> {
+        let envelope = event.envelope();
+        let envelope_variable = OnceCell::new();
+        let today = now.date_naive();
+        let mut measurements = Vec::new();
+        for template in &self.templates {
+            template.extract(envelope, &envelope_variable, today, &mut measurements)?;
+        }
+        let ingestion = event.enqueued_time().unwrap_or(now);
+        for measurement in &mut measurements {
+            measurement.ingestion_time_utc = Some(ingestion);
+        }
+        Ok(measurements)
+    }
+}
