@@ -5,32 +5,31 @@
 use std::cell::OnceCell;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use jmespath::Rcvar;
 
 use super::{ContentTemplate, NormalizeError, TemplateKind};
-use crate::expr::{Expression, ExpressionError, Scope, Selected};
+use crate::expr::{Expression, ExpressionError, JmesData, Scope, Selected};
 use crate::json::{JToken, format_double, parse_dotnet_datetime};
 use crate::model::{Measurement, MeasurementProperty};
 
 impl ContentTemplate {
     /// Appends one Measurement per token the type match selects.
-    pub(super) fn extract(
+    pub(super) fn extract<'a>(
         &self,
-        envelope: &JToken,
-        envelope_variable: &OnceCell<Rcvar>,
+        envelope: &'a JToken,
+        envelope_view: &'a OnceCell<JmesData>,
         today: NaiveDate,
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
         let matches: Vec<Selected<'_>> = self
             .type_match
-            .select_tokens(&Scope::cached(envelope, envelope_variable))
+            .select_tokens(&Scope::cached(envelope, envelope_view))
             .map_err(|error| expression_failure(&self.type_match, error, "JsonTokens"))?
             .into_iter()
             .collect();
         for matched in &matches {
             let scope = match (self.kind, matched) {
                 (TemplateKind::Calculated, Selected::Token(token)) => {
-                    Scope::with_matched_token(envelope, token, envelope_variable)
+                    Scope::with_matched_token(envelope, token, envelope_view)
                 }
                 (TemplateKind::Calculated, Selected::Property(..)) => {
                     return Err(NormalizeError::expression(format!(
@@ -46,24 +45,31 @@ impl ContentTemplate {
     }
 
     fn measurement(&self, scope: &Scope<'_>, today: NaiveDate) -> Result<Measurement, NormalizeError> {
-        let device_id = evaluate(scope, "DeviceIdExpression", true, &[&self.device_id], to_text)?;
-        let timestamps: Vec<&Expression> = self.timestamps.iter().collect();
-        let occurrence = evaluate(scope, "TimestampExpression", true, &timestamps, |found| {
+        let device_id = evaluate(scope, "DeviceIdExpression", true, std::slice::from_ref(&self.device_id), to_text)?;
+        let occurrence = evaluate(scope, "TimestampExpression", true, &self.timestamps, |found| {
             to_timestamp(found, today)
         })?;
         let correlation_id = match &self.correlation_id {
-            Some(expression) => evaluate(scope, "CorrelationIdExpression", true, &[expression], to_text)?,
+            Some(expression) => {
+                evaluate(scope, "CorrelationIdExpression", true, std::slice::from_ref(expression), to_text)?
+            }
             None => None,
         };
         let optional = |expression: &Option<Expression>, name: &str| match expression {
-            Some(expression) => evaluate(scope, name, false, &[expression], to_text),
+            Some(expression) => evaluate(scope, name, false, std::slice::from_ref(expression), to_text),
             None => Ok(None),
         };
         let patient_id = optional(&self.patient_id, "PatientIdExpression")?;
         let encounter_id = optional(&self.encounter_id, "EncounterIdExpression")?;
         let mut properties = Vec::with_capacity(self.values.len());
         for value in &self.values {
-            if let Some(text) = evaluate(scope, &value.name, value.required, &[&value.expression], to_text)? {
+            if let Some(text) = evaluate(
+                scope,
+                &value.name,
+                value.required,
+                std::slice::from_ref(&value.expression),
+                to_text,
+            )? {
                 properties.push(MeasurementProperty {
                     name: value.name.clone(),
                     value: text,
@@ -106,7 +112,7 @@ fn evaluate<T: Blank>(
     scope: &Scope<'_>,
     name: &str,
     required: bool,
-    expressions: &[&Expression],
+    expressions: &[Expression],
     convert: impl Fn(&Selected<'_>) -> Result<Option<T>, String>,
 ) -> Result<Option<T>, NormalizeError> {
     let mut problems = Vec::new();

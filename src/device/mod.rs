@@ -14,7 +14,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 use crate::expr::Expression;
-use crate::json::{ParseError, Pos, parse_spanned};
+use crate::json::{KeyDigest, ParseError, Pos, parse_spanned};
 use crate::model::{DeviceEvent, Measurement};
 
 /// A validated device-mapping template: the templates of a `CollectionContent`, in order.
@@ -74,6 +74,8 @@ struct ContentTemplate {
     kind: TemplateKind,
     type_name: String,
     type_match: Expression,
+    /// Member names the type match needs; a message lacking any of them cannot match.
+    type_match_keys: KeyDigest,
     device_id: Expression,
     /// Tried in order; IotJsonPath falls back from creation time to enqueued time.
     timestamps: Vec<Expression>,
@@ -222,11 +224,14 @@ impl DeviceTemplateSet {
     /// timestamps.
     pub fn normalize(&self, event: &DeviceEvent, now: DateTime<Utc>) -> Result<Vec<Measurement>, NormalizeError> {
         let envelope = event.envelope();
-        let envelope_variable = OnceCell::new();
+        let envelope_view = OnceCell::new();
         let today = now.date_naive();
         let mut measurements = Vec::new();
+        let keys = event.keys();
         for template in &self.templates {
-            template.extract(envelope, &envelope_variable, today, &mut measurements)?;
+            if keys.may_contain_all(template.type_match_keys) {
+                template.extract(envelope, &envelope_view, today, &mut measurements)?;
+            }
         }
         let ingestion = event.enqueued_time().unwrap_or(now);
         for measurement in &mut measurements {

@@ -4,7 +4,7 @@
 
 use super::{ContentTemplate, TemplateError, TemplateKind, ValueTemplate};
 use crate::expr::{Expression, Language};
-use crate::json::{JToken, Pos, Spanned, SpannedJson};
+use crate::json::{JToken, KeyDigest, Pos, Spanned, SpannedJson};
 
 type Member = (Spanned<String>, Spanned<SpannedJson>);
 
@@ -126,6 +126,9 @@ struct Members<'a> {
     class: &'static str,
     members: &'a [Member],
     claimed: Vec<bool>,
+    /// Missing required members: Json.NET notices them when the object ends, after the errors
+    /// of its members.
+    missing: Vec<TemplateError>,
 }
 
 impl<'a> Members<'a> {
@@ -136,6 +139,7 @@ impl<'a> Members<'a> {
                 class,
                 members,
                 claimed: vec![false; members.len()],
+                missing: Vec::new(),
             }),
             _ => None,
         }
@@ -153,8 +157,8 @@ impl<'a> Members<'a> {
         found.filter(|value| !matches!(value.value, SpannedJson::Null))
     }
 
-    /// A required member: reports Json.NET's message when it is missing or null.
-    fn require(&mut self, name: &str, errors: &mut Vec<TemplateError>) -> Option<&'a Spanned<SpannedJson>> {
+    /// A required member: records Json.NET's message when it is missing or null.
+    fn require(&mut self, name: &str) -> Option<&'a Spanned<SpannedJson>> {
         let present = self.members.iter().any(|(key, _)| key.value.eq_ignore_ascii_case(name));
         let value = self.take(name);
         if value.is_none() {
@@ -163,13 +167,13 @@ impl<'a> Members<'a> {
             } else {
                 format!("Required property '{name}' not found in JSON.")
             };
-            errors.push(TemplateError::at(self.object_pos, message));
+            self.missing.push(TemplateError::at(self.object_pos, message));
         }
         value
     }
 
-    /// Reports every member nobody claimed.
-    fn finish(self, errors: &mut Vec<TemplateError>) {
+    /// Reports every member nobody claimed, and returns the missing required members.
+    fn finish(self, errors: &mut Vec<TemplateError>) -> Vec<TemplateError> {
         for ((key, _), claimed) in self.members.iter().zip(&self.claimed) {
             if !claimed {
                 errors.push(TemplateError::at(
@@ -178,6 +182,7 @@ impl<'a> Members<'a> {
                 ));
             }
         }
+        self.missing
     }
 }
 
@@ -268,14 +273,16 @@ fn read_path_string(value: &Spanned<SpannedJson>, errors: &mut Vec<TemplateError
 fn read_calculated_expression(value: &Spanned<SpannedJson>, errors: &mut Vec<TemplateError>) -> Option<RawExpression> {
     match &value.value {
         SpannedJson::Object(_) => {
+            // Other members of an expression object are ignored, so nothing is "unknown" here.
             let mut members = Members::new(value, "TemplateExpression")?;
-            let text = members.require("Value", errors).and_then(|text| read_string(text, errors))?;
+            let text = members.require("Value").and_then(|text| read_string(text, errors));
+            errors.append(&mut members.missing);
             let language = match members.take("Language") {
                 Some(language) => Some(read_language(language, errors)?),
                 None => None,
             };
             Some(RawExpression {
-                text,
+                text: text?,
                 language,
                 pos: value.pos,
             })
@@ -309,6 +316,7 @@ fn read_template_body(
     errors: &mut Vec<TemplateError>,
 ) -> Option<ContentTemplate> {
     let mut members = Members::new(body, kind.class_name())?;
+    let first_error = errors.len();
     let calculated = kind == TemplateKind::Calculated;
     let read_expression = |value: &Spanned<SpannedJson>, errors: &mut Vec<TemplateError>| {
         if calculated {
@@ -318,14 +326,12 @@ fn read_template_body(
         }
     };
 
-    let type_name = members.require("TypeName", errors).and_then(|v| read_string(v, errors));
-    let type_match = members
-        .require("TypeMatchExpression", errors)
-        .and_then(|v| read_expression(v, errors));
+    let type_name = members.require("TypeName").and_then(|v| read_string(v, errors));
+    let type_match = members.require("TypeMatchExpression").and_then(|v| read_expression(v, errors));
     let (device_id, timestamp) = match kind {
         TemplateKind::JsonPath | TemplateKind::Calculated => (
-            members.require("DeviceIdExpression", errors).and_then(|v| read_expression(v, errors)),
-            members.require("TimestampExpression", errors).and_then(|v| read_expression(v, errors)),
+            members.require("DeviceIdExpression").and_then(|v| read_expression(v, errors)),
+            members.require("TimestampExpression").and_then(|v| read_expression(v, errors)),
         ),
         // Fixed by the template type; supplying them is an unknown member, as in the original.
         TemplateKind::IotJsonPath | TemplateKind::IotCentralJsonPath => (None, None),
@@ -367,15 +373,14 @@ fn read_template_body(
                     ));
                     return None;
                 };
-                let name = value_members.require("ValueName", errors).and_then(|v| read_string(v, errors));
-                let expression = value_members
-                    .require("ValueExpression", errors)
-                    .and_then(|v| read_expression(v, errors));
+                let name = value_members.require("ValueName").and_then(|v| read_string(v, errors));
+                let expression = value_members.require("ValueExpression").and_then(|v| read_expression(v, errors));
                 let required = match value_members.take("Required") {
                     Some(flag) => read_bool(flag, errors).unwrap_or(false),
                     None => false,
                 };
-                value_members.finish(errors);
+                let mut missing = value_members.finish(errors);
+                errors.append(&mut missing);
                 Some((name?, expression, required))
             })
             .collect(),
@@ -387,7 +392,11 @@ fn read_template_body(
             Vec::new()
         }
     };
-    members.finish(errors);
+    let mut missing = members.finish(errors);
+    // Json.NET's order: member errors as the reader meets them, then the missing required
+    // members; expressions are compiled (and their errors reported) after that.
+    errors[first_error..].sort_by_key(|error| error.pos);
+    errors.append(&mut missing);
 
     let type_match = compile(type_match?, default_language, "TypeMatchExpression", errors);
     let (device_id, timestamps) = match kind {
@@ -430,10 +439,13 @@ fn read_template_body(
             }
         }
     }
+    let type_match = type_match?;
+    let type_match_keys = KeyDigest::of_names(type_match.required_keys().iter().map(String::as_str));
     Some(ContentTemplate {
         kind,
         type_name: type_name?,
-        type_match: type_match?,
+        type_match,
+        type_match_keys,
         device_id: device_id?,
         timestamps,
         patient_id: patient_id?,

@@ -132,16 +132,37 @@ fn arithmetic(
 
 /// The operation on exact decimals of both operands, when they and the result fit `decimal`.
 fn decimal_op(a: Num, b: Num, op: impl Fn(Decimal, Decimal) -> Option<Decimal>) -> Option<f64> {
-    let result = op(to_decimal(a)?, to_decimal(b)?)?;
-    result.normalize().to_string().parse().ok()
+    decimal_to_f64(op(to_decimal(a)?, to_decimal(b)?)?)
 }
 
+/// The decimal with the same digits as the shortest text of `value`.
 fn to_decimal(value: Num) -> Option<Decimal> {
     match value {
         Num::Int(value) => Some(Decimal::from(value)),
-        Num::Float(value) if value.is_finite() => Decimal::from_str(&value.to_string()).ok(),
+        Num::Float(value) if value.is_finite() => {
+            let mut buffer = [0u8; 64];
+            let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+            std::io::Write::write_fmt(&mut cursor, format_args!("{value}")).ok()?;
+            let written = cursor.position() as usize;
+            Decimal::from_str(std::str::from_utf8(&buffer[..written]).ok()?).ok()
+        }
         Num::Float(_) => None,
     }
+}
+
+/// The nearest double. Mantissas below 2^53 with scales up to 22 convert exactly and divide
+/// with one correctly rounded operation; others go through text.
+fn decimal_to_f64(value: Decimal) -> Option<f64> {
+    const POWERS: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
+        1e19, 1e20, 1e21, 1e22,
+    ];
+    let mantissa = value.mantissa();
+    let scale = value.scale() as usize;
+    if mantissa.unsigned_abs() < (1u128 << 53) && scale < POWERS.len() {
+        return Some(mantissa as f64 / POWERS[scale]);
+    }
+    value.to_string().parse().ok()
 }
 
 fn as_f64(value: Num) -> f64 {
@@ -235,7 +256,7 @@ fn from_unix(name: &str, millis_per_unit: i64, args: &[Rcvar], ctx: &mut Context
                 format!("Error: function {name} argument {value} is outside the range of valid dates"),
             )
         })?;
-    Ok(Arc::new(Variable::String(date.source().to_string())))
+    Ok(super::jmespath::created_date(date))
 }
 
 #[cfg(test)]

@@ -1,16 +1,16 @@
 //! JMESPath through the `jmespath` crate, with JmesPath.Net's result rules and the original's
 //! custom functions (compat.md §4.4, §4.5).
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
 use std::sync::{Arc, LazyLock};
 
 use jmespath::ast::Ast;
-use jmespath::{ErrorReason, Expression, Rcvar, Runtime, Variable};
+use jmespath::{Context, ErrorReason, Expression, Rcvar, Runtime, Variable, interpret};
 use serde_json::Number;
 
 use super::functions::register_custom_functions;
 use super::{ExpressionError, Selection};
-use crate::json::{JObject, JToken, JsonDate};
+use crate::json::{JToken, JsonDate};
 
 /// Longest expression accepted; real templates are far shorter, and the bound keeps hostile
 /// expressions from exhausting the parser's and interpreter's stacks.
@@ -83,7 +83,7 @@ impl JmesPath {
     pub fn compile(text: &str) -> Result<Self, ExpressionError> {
         let unparsable = |detail: String| {
             ExpressionError::Compile(format!(
-                "The following JmesPath expression could not be parsed: {text}. {detail}"
+                "The following JmesPath expression could not be parsed: {text}. Cause: {detail}"
             ))
         };
         check_size(text).map_err(unparsable)?;
@@ -104,59 +104,146 @@ impl JmesPath {
         self.expression.as_str()
     }
 
-    /// Evaluates against `data`. A projection yields each element; anything else one token
-    /// (`null` yields nothing).
-    pub fn evaluate(&self, data: &Rcvar) -> Result<Selection<'static>, ExpressionError> {
-        let result = self
-            .expression
-            .search(data.clone())
-            .map_err(|error| ExpressionError::Evaluate(runtime_message(&error)))?;
+    /// Member names the expression needs to find to yield anything but `null` or an empty
+    /// projection (see [`super::Expression::required_keys`]).
+    pub fn required_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        needed_fields(self.expression.as_ast(), &mut keys);
+        keys
+    }
+
+    /// `SelectTokens`: a projection yields each element; anything else one token (`null` yields
+    /// nothing).
+    pub fn evaluate(&self, data: &JmesData) -> Result<Selection<'static>, ExpressionError> {
+        let (result, created) = self.interpret(data)?;
+        let convert = |variable: &Rcvar| from_variable(variable, data, &created);
         let tokens = if self.projection {
             match &*result {
-                Variable::Array(items) => items.iter().map(|item| from_variable(item)).collect(),
+                Variable::Array(items) => items.iter().map(convert).collect(),
                 _ => Vec::new(),
             }
         } else if result.is_null() {
             Vec::new()
         } else {
-            vec![from_variable(&result)]
+            vec![convert(&result)]
         };
         Ok(Selection::owned(tokens))
     }
+
+    /// `SelectToken`, as JmesPath.Net answers it: a projection of more than one element is an
+    /// error, and a smaller projection is still an array (so it cannot become a value); a
+    /// `null` result is nothing.
+    pub fn select_one(&self, data: &JmesData) -> Result<Option<JToken>, ExpressionError> {
+        let (result, created) = self.interpret(data)?;
+        if self.projection {
+            let items = match &*result {
+                Variable::Array(items) => items.as_slice(),
+                _ => &[],
+            };
+            if items.len() > 1 {
+                return Err(ExpressionError::MultipleTokens(format!(
+                    "Multiple tokens were returned using expression {}",
+                    self.as_str()
+                )));
+            }
+            return Ok(Some(JToken::Array(
+                items.iter().map(|item| from_variable(item, data, &created)).collect(),
+            )));
+        }
+        Ok((!result.is_null()).then(|| from_variable(&result, data, &created)))
+    }
+
+    /// Runs the expression; also returns the dates the custom functions created.
+    fn interpret(&self, data: &JmesData) -> Result<(Rcvar, Vec<(Rcvar, JsonDate)>), ExpressionError> {
+        CREATED_DATES.with(|dates| dates.borrow_mut().clear());
+        // `Expression::search` would deep-copy the data through serde; interpret it in place.
+        let mut context = Context::new(self.expression.as_str(), &RUNTIME);
+        let result = interpret(&data.root, self.expression.as_ast(), &mut context)
+            .map_err(|error| ExpressionError::Evaluate(runtime_message(&error)));
+        let created = CREATED_DATES.with(|dates| std::mem::take(&mut *dates.borrow_mut()));
+        Ok((result?, created))
+    }
 }
 
-/// Converts a token to the crate's variable type. Dates become their source text; numbers keep
-/// integer-ness (big integers become doubles, as JMESPath numbers are doubles).
-pub fn to_variable(token: &JToken) -> Rcvar {
-    Arc::new(match token {
-        JToken::Null => Variable::Null,
-        JToken::Bool(value) => Variable::Bool(*value),
-        JToken::Integer(value) => Variable::Number(Number::from(*value)),
-        JToken::BigInteger(digits) => digits
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map_or(Variable::Null, Variable::Number),
-        JToken::Float(value) => Number::from_f64(*value).map_or(Variable::Null, Variable::Number),
-        JToken::String(value) => Variable::String(value.to_string()),
-        JToken::Date(date) => Variable::String(date.source().to_string()),
-        JToken::Array(items) => Variable::Array(items.iter().map(to_variable).collect()),
-        JToken::Object(object) => Variable::Object(object_to_map(object)),
-    })
+thread_local! {
+    /// Dates made by `fromUnixTimestamp[Ms]` during the current evaluation. JMESPath has no date
+    /// type, so a date travels as a string and is recognised by identity when results come back.
+    static CREATED_DATES: RefCell<Vec<(Rcvar, JsonDate)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The variable map of an object, for callers that add members (such as `matchedToken`).
-pub fn object_to_map(object: &JObject) -> BTreeMap<String, Rcvar> {
-    object
-        .iter()
-        .map(|(key, value)| (key.to_string(), to_variable(value)))
-        .collect()
+/// Records a date made by a custom function and returns the string variable standing for it.
+pub(super) fn created_date(date: JsonDate) -> Rcvar {
+    let variable = Arc::new(Variable::String(date.source().to_string()));
+    CREATED_DATES.with(|dates| dates.borrow_mut().push((variable.clone(), date)));
+    variable
 }
 
-/// Converts a result back to a token. Strings are read again with Json.NET's date detection, so
-/// dates that went in (and `fromUnixTimestamp` results) come back as dates.
-pub fn from_variable(variable: &Variable) -> JToken {
-    match variable {
+/// The JMESPath view of some data: the crate's variable tree, and which of its strings are Json.NET
+/// date tokens (by identity, so strings that merely look like dates stay strings).
+#[derive(Debug, Clone)]
+pub struct JmesData {
+    root: Rcvar,
+    dates: Vec<(usize, JsonDate)>,
+}
+
+impl JmesData {
+    /// The view of `token`.
+    pub fn of(token: &JToken) -> Self {
+        let mut dates = Vec::new();
+        let root = to_variable(token, &mut dates);
+        JmesData { root, dates }
+    }
+
+    /// The view of this object with a `name` member added (CalculatedContent's `matchedToken`).
+    pub fn with_member(&self, name: &str, value: &JToken) -> Self {
+        let mut dates = self.dates.clone();
+        let mut map = match &*self.root {
+            Variable::Object(map) => map.clone(),
+            _ => Default::default(),
+        };
+        map.insert(name.to_string(), to_variable(value, &mut dates));
+        JmesData {
+            root: Arc::new(Variable::Object(map)),
+            dates,
+        }
+    }
+}
+
+/// Converts a token to the crate's variable type. A date becomes its source text, remembered in
+/// `dates`; numbers keep integer-ness (big integers become doubles, as JMESPath numbers are).
+fn to_variable(token: &JToken, dates: &mut Vec<(usize, JsonDate)>) -> Rcvar {
+    match token {
+        JToken::Date(date) => {
+            let variable = Arc::new(Variable::String(date.source().to_string()));
+            dates.push((Arc::as_ptr(&variable) as usize, (**date).clone()));
+            variable
+        }
+        JToken::Array(items) => Arc::new(Variable::Array(items.iter().map(|item| to_variable(item, dates)).collect())),
+        JToken::Object(object) => Arc::new(Variable::Object(
+            object
+                .iter()
+                .map(|(key, value)| (key.to_string(), to_variable(value, dates)))
+                .collect(),
+        )),
+        JToken::Null => Arc::new(Variable::Null),
+        JToken::Bool(value) => Arc::new(Variable::Bool(*value)),
+        JToken::Integer(value) => Arc::new(Variable::Number(Number::from(*value))),
+        JToken::BigInteger(digits) => Arc::new(
+            digits
+                .parse::<f64>()
+                .ok()
+                .and_then(Number::from_f64)
+                .map_or(Variable::Null, Variable::Number),
+        ),
+        JToken::Float(value) => Arc::new(Number::from_f64(*value).map_or(Variable::Null, Variable::Number)),
+        JToken::String(value) => Arc::new(Variable::String(value.to_string())),
+    }
+}
+
+/// Converts a result back to a token. A string is a date exactly when it is one of the data's
+/// dates or one a custom function made.
+fn from_variable(variable: &Rcvar, data: &JmesData, created: &[(Rcvar, JsonDate)]) -> JToken {
+    match &**variable {
         Variable::Null | Variable::Expref(_) => JToken::Null,
         Variable::Bool(value) => JToken::Bool(*value),
         Variable::Number(number) => match number.as_i64() {
@@ -164,16 +251,53 @@ pub fn from_variable(variable: &Variable) -> JToken {
             None if number.is_u64() => JToken::BigInteger(number.to_string().into()),
             None => JToken::Float(number.as_f64().unwrap_or(f64::NAN)),
         },
-        Variable::String(value) => match JsonDate::detect(value) {
-            Some(date) => JToken::Date(Box::new(date)),
-            None => JToken::string(value.as_str()),
-        },
-        Variable::Array(items) => JToken::Array(items.iter().map(|item| from_variable(item)).collect()),
+        Variable::String(value) => {
+            let address = Arc::as_ptr(variable) as usize;
+            let date = data
+                .dates
+                .iter()
+                .find(|(known, _)| *known == address)
+                .map(|(_, date)| date.clone())
+                .or_else(|| {
+                    created
+                        .iter()
+                        .find(|(made, _)| Arc::ptr_eq(made, variable))
+                        .map(|(_, date)| date.clone())
+                });
+            match date {
+                Some(date) => JToken::Date(Box::new(date)),
+                None => JToken::string(value.as_str()),
+            }
+        }
+        Variable::Array(items) => JToken::Array(items.iter().map(|item| from_variable(item, data, created)).collect()),
         Variable::Object(map) => JToken::Object(
             map.iter()
-                .map(|(key, value)| (key.clone(), from_variable(value)))
+                .map(|(key, value)| (key.clone(), from_variable(value, data, created)))
                 .collect(),
         ),
+    }
+}
+
+/// Collects fields whose absence makes `ast` yield `null` or an empty projection. Field access,
+/// sub-expressions, projections and flattens propagate `null`; anything else (functions,
+/// multi-selects, literals, boolean operators) may produce a value without the data, so it adds
+/// nothing.
+fn needed_fields(ast: &Ast, keys: &mut Vec<String>) {
+    match ast {
+        Ast::Field { name, .. } => keys.push(name.clone()),
+        Ast::Subexpr { lhs, rhs, .. } | Ast::Projection { lhs, rhs, .. } => {
+            needed_fields(lhs, keys);
+            needed_fields(rhs, keys);
+        }
+        Ast::Flatten { node, .. } | Ast::ObjectValues { node, .. } => needed_fields(node, keys),
+        Ast::Condition { predicate, then, .. } => {
+            // A bare field (or path) predicate is a truthiness test, so the field must exist.
+            if matches!(**predicate, Ast::Field { .. } | Ast::Subexpr { .. }) {
+                needed_fields(predicate, keys);
+            }
+            needed_fields(then, keys);
+        }
+        _ => {}
     }
 }
 
@@ -356,7 +480,8 @@ mod tests {
 
     fn eval(expression: &str, data: &str) -> Result<Vec<String>, ExpressionError> {
         let compiled = JmesPath::compile(expression)?;
-        let data = to_variable(&parse_token(data).unwrap());
+        let data = parse_token(data).unwrap();
+        let data = JmesData::of(&data);
         Ok(compiled
             .evaluate(&data)?
             .into_iter()
@@ -384,8 +509,9 @@ mod tests {
         assert_eq!(eval("i", data).unwrap(), vec!["65"]);
         assert_eq!(eval("f", data).unwrap(), vec!["65.5"]);
         let compiled = JmesPath::compile("d").unwrap();
+        let data = parse_token(data).unwrap();
         let tokens = compiled
-            .evaluate(&to_variable(&parse_token(data).unwrap()))
+            .evaluate(&JmesData::of(&data))
             .unwrap()
             .into_iter()
             .collect::<Vec<_>>();
@@ -425,6 +551,6 @@ mod tests {
         assert!(JmesPath::compile(&chain).is_err());
         let chain = vec!["a"; 100].join(".");
         let compiled = JmesPath::compile(&chain).unwrap();
-        assert!(compiled.evaluate(&to_variable(&JToken::Null)).unwrap().into_iter().next().is_none());
+        assert!(compiled.evaluate(&JmesData::of(&JToken::Null)).unwrap().into_iter().next().is_none());
     }
 }

@@ -36,6 +36,8 @@ const MAX_FILTER_NESTING: usize = 16;
 pub struct JsonPath {
     text: String,
     filters: Vec<PathFilter>,
+    /// For paths made only of plain field names (`$.a.b`): those names, resolved directly.
+    fields: Option<Vec<String>>,
 }
 
 impl JsonPath {
@@ -51,9 +53,17 @@ impl JsonPath {
             .map_err(|message| ExpressionError::Compile(format!("Invalid JSONPath expression {text}: {message}")))?;
         check_static(&filters)
             .map_err(|message| ExpressionError::Compile(format!("Invalid JSONPath expression {text}: {message}")))?;
+        let fields = filters
+            .iter()
+            .map(|filter| match filter {
+                PathFilter::Field(Some(name)) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
         Ok(JsonPath {
             text: text.to_string(),
             filters,
+            fields,
         })
     }
 
@@ -62,17 +72,40 @@ impl JsonPath {
         &self.text
     }
 
+    /// Member names that must occur for the path to select anything: every field named along
+    /// the path, and the fields a filter needs to be true (see
+    /// [`super::Expression::required_keys`]).
+    pub fn required_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        path_requirements(&self.filters, &mut keys);
+        keys
+    }
+
     /// Every token the path selects from the scope, in Json.NET's order.
     pub fn select<'a>(&self, scope: &Scope<'a>) -> Result<Selection<'a>, ExpressionError> {
-        let context = Context {
-            root: scope.root(),
-            root_property: scope.root_property(),
-            matched: scope.matched(),
-            budget: Cell::new(MAX_NODES),
-        };
+        if self.fields.is_some() {
+            return Ok(Selection::new(self.select_fields(scope).into_iter().collect()));
+        }
+        let context = Context::of(scope);
         let start = context.root_node();
         let nodes = evaluate(&self.filters, &context, vec![start]).map_err(ExpressionError::Evaluate)?;
         Ok(Selection::new(nodes.into_iter().map(|node| node.into_selected(&context)).collect()))
+    }
+
+    /// `SelectToken` for a path of plain field names: at most one result, found without
+    /// allocating. `None` when the path is not of that form or finds nothing.
+    pub fn select_fields<'a>(&self, scope: &Scope<'a>) -> Option<Selected<'a>> {
+        let context = Context::of(scope);
+        let mut node = context.root_node();
+        for name in self.fields.as_ref()? {
+            node = Node::Value(context.field(node, name)?);
+        }
+        Some(node.into_selected(&context))
+    }
+
+    /// True when the path is plain field names, so [`JsonPath::select_fields`] answers it.
+    pub fn is_field_path(&self) -> bool {
+        self.fields.is_some()
     }
 }
 
@@ -100,11 +133,89 @@ enum PathFilter {
     /// `..['a','b']`.
     ScanMultiple(Vec<String>),
     /// `[?(…)]`.
-    Query(Box<QueryExpression>),
+    Query(Box<Query>),
     /// `..[?(…)]`.
-    QueryScan(Box<QueryExpression>),
+    QueryScan(Box<Query>),
     /// `$` inside a filter.
     Root,
+}
+
+/// A filter and whether only objects can satisfy it (every branch needs a field of the
+/// candidate), which lets scans skip arrays, scalars and property nodes.
+#[derive(Debug, Clone)]
+struct Query {
+    expression: QueryExpression,
+    objects_only: bool,
+}
+
+impl Query {
+    fn new(expression: QueryExpression) -> Self {
+        let objects_only = needs_object(&expression);
+        Query {
+            expression,
+            objects_only,
+        }
+    }
+
+    fn accepts(&self, node: Node<'_>) -> bool {
+        !self.objects_only || matches!(node, Node::Value(JToken::Object(_)) | Node::WrappedRoot)
+    }
+}
+
+/// True when the expression can only hold for a candidate that has fields (an object).
+fn needs_object(expression: &QueryExpression) -> bool {
+    let side_needs_object = |side: &Side| matches!(side, Side::Fields(names) if !names.is_empty());
+    match expression {
+        QueryExpression::Composite { and: true, items } => items.iter().any(needs_object),
+        QueryExpression::Composite { and: false, items } => !items.is_empty() && items.iter().all(needs_object),
+        QueryExpression::Boolean { left, op, right, .. } => {
+            side_needs_object(left) || (*op != Operator::Exists && right.as_ref().is_some_and(side_needs_object))
+        }
+    }
+}
+
+fn path_requirements(filters: &[PathFilter], keys: &mut Vec<String>) {
+    for filter in filters {
+        match filter {
+            PathFilter::Field(Some(name)) | PathFilter::Scan(Some(name)) => keys.push(name.clone()),
+            PathFilter::Query(query) | PathFilter::QueryScan(query) => query_requirements(&query.expression, keys),
+            _ => {}
+        }
+    }
+}
+
+/// Fields a filter needs: both sides of a comparison must yield a token, an existence test its
+/// side; `&&` needs all, `||` what every branch needs.
+fn query_requirements(expression: &QueryExpression, keys: &mut Vec<String>) {
+    let side = |side: &Side, keys: &mut Vec<String>| match side {
+        Side::Fields(names) => keys.extend(names.iter().cloned()),
+        Side::Path(filters) => path_requirements(filters, keys),
+        Side::Value(_) => {}
+    };
+    match expression {
+        QueryExpression::Boolean { left, op, right, .. } => {
+            side(left, keys);
+            if *op != Operator::Exists {
+                if let Some(right) = right {
+                    side(right, keys);
+                }
+            }
+        }
+        QueryExpression::Composite { and: true, items } => items.iter().for_each(|item| query_requirements(item, keys)),
+        QueryExpression::Composite { and: false, items } => {
+            let mut branches = items.iter().map(|item| {
+                let mut branch = Vec::new();
+                query_requirements(item, &mut branch);
+                branch
+            });
+            if let Some(first) = branches.next() {
+                let common: Vec<String> = branches.fold(first, |common, branch| {
+                    common.into_iter().filter(|key| branch.contains(key)).collect()
+                });
+                keys.extend(common);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +227,26 @@ enum QueryExpression {
 #[derive(Debug, Clone)]
 enum Side {
     Path(Vec<PathFilter>),
+    /// A path of plain field names from `@` (`@`, `@x`, `@.a.b`): the common case, resolved
+    /// without allocating.
+    Fields(Vec<String>),
     Value(Literal),
+}
+
+impl Side {
+    fn path(filters: Vec<PathFilter>) -> Side {
+        let names: Option<Vec<String>> = filters
+            .iter()
+            .map(|filter| match filter {
+                PathFilter::Field(Some(name)) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        match names {
+            Some(names) => Side::Fields(names),
+            None => Side::Path(filters),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -475,10 +605,11 @@ impl Parser {
         if current != close {
             return Err(format!("Unexpected character while parsing path indexer: {current}"));
         }
+        let query = Box::new(Query::new(expression));
         Ok(if scan {
-            PathFilter::QueryScan(Box::new(expression))
+            PathFilter::QueryScan(query)
         } else {
-            PathFilter::Query(Box::new(expression))
+            PathFilter::Query(query)
         })
     }
 
@@ -539,7 +670,7 @@ impl Parser {
         if let Some(path) = self.try_parse_path_side()? {
             self.eat_whitespace();
             self.ensure_length("Path ended with open query.")?;
-            return Ok(Side::Path(path));
+            return Ok(Side::path(path));
         }
         if let Some(value) = self.try_parse_value()? {
             self.eat_whitespace();
@@ -696,7 +827,7 @@ fn check_static(filters: &[PathFilter]) -> ParseResult<()> {
     for filter in filters {
         match filter {
             PathFilter::Slice { step: Some(0), .. } => return Err("Step cannot be zero.".to_string()),
-            PathFilter::Query(expression) | PathFilter::QueryScan(expression) => check_query(expression)?,
+            PathFilter::Query(query) | PathFilter::QueryScan(query) => check_query(&query.expression)?,
             _ => {}
         }
     }
@@ -740,6 +871,15 @@ struct Context<'a> {
 type EvalResult<T> = Result<T, String>;
 
 impl<'a> Context<'a> {
+    fn of(scope: &Scope<'a>) -> Self {
+        Context {
+            root: scope.root(),
+            root_property: scope.root_property(),
+            matched: scope.matched(),
+            budget: Cell::new(MAX_NODES),
+        }
+    }
+
     fn root_node(&self) -> Node<'a> {
         match (self.matched, self.root_property) {
             (Some(_), _) => Node::WrappedRoot,
@@ -759,16 +899,27 @@ impl<'a> Context<'a> {
         Ok(())
     }
 
-    /// Properties of an object node, including `matchedToken` on the wrapped root.
-    fn properties(&self, node: Node<'a>) -> Option<Vec<(&'a str, &'a JToken)>> {
-        match node {
-            Node::Value(JToken::Object(object)) => Some(object.iter().collect()),
-            Node::WrappedRoot => {
-                let mut properties: Vec<_> = self.root.as_object().map(|o| o.iter().collect()).unwrap_or_default();
-                properties.extend(self.matched.map(|matched| (MATCHED_TOKEN, matched)));
-                Some(properties)
-            }
-            _ => None,
+    /// Calls `visit` for each property of an object node (the wrapped root has `matchedToken`
+    /// last); nothing for other nodes.
+    fn for_each_property(
+        &self,
+        node: Node<'a>,
+        mut visit: impl FnMut(&'a str, &'a JToken) -> EvalResult<()>,
+    ) -> EvalResult<()> {
+        let object = match node {
+            Node::Value(JToken::Object(object)) => object,
+            Node::WrappedRoot => match self.root {
+                JToken::Object(object) => object,
+                _ => return self.matched.map_or(Ok(()), |matched| visit(MATCHED_TOKEN, matched)),
+            },
+            _ => return Ok(()),
+        };
+        for (name, value) in object.iter() {
+            visit(name, value)?;
+        }
+        match (node, self.matched) {
+            (Node::WrappedRoot, Some(matched)) => visit(MATCHED_TOKEN, matched),
+            _ => Ok(()),
         }
     }
 
@@ -784,17 +935,14 @@ impl<'a> Context<'a> {
     }
 
     /// `JToken.Children()`: array elements, object properties, a property's value.
-    fn children(&self, node: Node<'a>) -> Vec<Node<'a>> {
+    fn for_each_child(&self, node: Node<'a>, visit: &mut impl FnMut(Node<'a>) -> EvalResult<()>) -> EvalResult<()> {
         match node {
-            Node::Value(JToken::Array(items)) => items.iter().map(Node::Value).collect(),
-            Node::Value(JToken::Object(_)) | Node::WrappedRoot => self
-                .properties(node)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(name, value)| Node::Property(name, value))
-                .collect(),
-            Node::Property(_, value) => vec![Node::Value(value)],
-            Node::Value(_) => Vec::new(),
+            Node::Value(JToken::Array(items)) => items.iter().try_for_each(|item| visit(Node::Value(item))),
+            Node::Value(JToken::Object(_)) | Node::WrappedRoot => {
+                self.for_each_property(node, |name, value| visit(Node::Property(name, value)))
+            }
+            Node::Property(_, value) => visit(Node::Value(value)),
+            Node::Value(_) => Ok(()),
         }
     }
 
@@ -806,13 +954,12 @@ impl<'a> Context<'a> {
     }
 
     /// Descendants in pre-order, property nodes included (`JContainer.Descendants()`).
-    fn descendants(&self, node: Node<'a>, out: &mut Vec<Node<'a>>) -> EvalResult<()> {
-        for child in self.children(node) {
+    fn for_each_descendant(&self, node: Node<'a>, visit: &mut impl FnMut(Node<'a>) -> EvalResult<()>) -> EvalResult<()> {
+        self.for_each_child(node, &mut |child| {
             self.spend(1)?;
-            out.push(child);
-            self.descendants(child, out)?;
-        }
-        Ok(())
+            visit(child)?;
+            self.for_each_descendant(child, visit)
+        })
     }
 
     fn to_token_ref(&self, node: Node<'a>) -> Option<&'a JToken> {
@@ -847,13 +994,10 @@ fn evaluate<'a>(filters: &[PathFilter], context: &Context<'a>, mut current: Vec<
                 for node in current {
                     match name {
                         Some(name) => next.extend(context.field(node, name).map(Node::Value)),
-                        None => next.extend(
-                            context
-                                .properties(node)
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(_, value)| Node::Value(value)),
-                        ),
+                        None => context.for_each_property(node, |_, value| {
+                            next.push(Node::Value(value));
+                            Ok(())
+                        })?,
                     }
                 }
             }
@@ -895,9 +1039,7 @@ fn evaluate<'a>(filters: &[PathFilter], context: &Context<'a>, mut current: Vec<
                     if name.is_none() {
                         next.push(node);
                     }
-                    let mut visited = Vec::new();
-                    context.descendants(node, &mut visited)?;
-                    for descendant in visited {
+                    context.for_each_descendant(node, &mut |descendant| {
                         match (descendant, name) {
                             (Node::Property(property, value), Some(name)) if property == name => {
                                 next.push(Node::Value(value))
@@ -905,43 +1047,42 @@ fn evaluate<'a>(filters: &[PathFilter], context: &Context<'a>, mut current: Vec<
                             (Node::Property(..), _) | (_, Some(_)) => {}
                             (other, None) => next.push(other),
                         }
-                    }
+                        Ok(())
+                    })?;
                 }
             }
             PathFilter::ScanMultiple(names) => {
                 for node in current {
-                    let mut visited = Vec::new();
-                    context.descendants(node, &mut visited)?;
-                    for descendant in visited {
+                    context.for_each_descendant(node, &mut |descendant| {
                         if let Node::Property(property, value) = descendant {
-                            for name in names {
-                                if property == name {
-                                    next.push(Node::Value(value));
-                                }
-                            }
+                            next.extend(names.iter().filter(|name| *name == property).map(|_| Node::Value(value)));
                         }
-                    }
+                        Ok(())
+                    })?;
                 }
             }
-            PathFilter::Query(expression) => {
+            PathFilter::Query(query) => {
                 for node in current {
-                    for child in context.children(node) {
-                        if is_match(expression, context, child)? {
+                    context.for_each_child(node, &mut |child| {
+                        if query.accepts(child) && is_match(&query.expression, context, child)? {
                             next.push(child);
                         }
-                    }
+                        Ok(())
+                    })?;
                 }
             }
-            PathFilter::QueryScan(expression) => {
+            PathFilter::QueryScan(query) => {
                 for node in current {
-                    let mut candidates = vec![node];
-                    if Context::is_container(node) {
-                        context.descendants(node, &mut candidates)?;
+                    if query.accepts(node) && is_match(&query.expression, context, node)? {
+                        next.push(node);
                     }
-                    for candidate in candidates {
-                        if is_match(expression, context, candidate)? {
-                            next.push(candidate);
-                        }
+                    if Context::is_container(node) {
+                        context.for_each_descendant(node, &mut |descendant| {
+                            if query.accepts(descendant) && is_match(&query.expression, context, descendant)? {
+                                next.push(descendant);
+                            }
+                            Ok(())
+                        })?;
                     }
                 }
             }
@@ -1021,17 +1162,17 @@ fn is_match<'a>(expression: &QueryExpression, context: &Context<'a>, candidate: 
         QueryExpression::Boolean { left, op, right, regex } => {
             let lefts = side_values(left, context, candidate)?;
             if *op == Operator::Exists {
-                return Ok(!lefts.is_empty());
+                return Ok(!lefts.as_slice().is_empty());
             }
-            if lefts.is_empty() {
+            if lefts.as_slice().is_empty() {
                 return Ok(false);
             }
             let rights = match right {
                 Some(right) => side_values(right, context, candidate)?,
-                None => Vec::new(),
+                None => Operands::One(None),
             };
-            for left in &lefts {
-                for right in &rights {
+            for left in lefts.as_slice() {
+                for right in rights.as_slice() {
                     if match_values(*op, left, right, regex.as_ref(), context)? {
                         return Ok(true);
                     }
@@ -1049,14 +1190,38 @@ enum Operand<'a> {
     Literal(&'a Literal),
 }
 
-fn side_values<'a>(side: &'a Side, context: &Context<'a>, candidate: Node<'a>) -> EvalResult<Vec<Operand<'a>>> {
-    match side {
-        Side::Value(literal) => Ok(vec![Operand::Literal(literal)]),
-        Side::Path(filters) => Ok(evaluate(filters, context, vec![candidate])?
-            .into_iter()
-            .map(Operand::Node)
-            .collect()),
+/// The operands of one side: usually at most one, so no vector is needed.
+enum Operands<'a> {
+    One(Option<Operand<'a>>),
+    Many(Vec<Operand<'a>>),
+}
+
+impl<'a> Operands<'a> {
+    fn as_slice(&self) -> &[Operand<'a>] {
+        match self {
+            Operands::One(operand) => operand.as_slice(),
+            Operands::Many(operands) => operands,
+        }
     }
+}
+
+fn side_values<'a>(side: &'a Side, context: &Context<'a>, candidate: Node<'a>) -> EvalResult<Operands<'a>> {
+    Ok(match side {
+        Side::Value(literal) => Operands::One(Some(Operand::Literal(literal))),
+        Side::Fields(names) => {
+            let mut node = Some(candidate);
+            for name in names {
+                node = node.and_then(|node| context.field(node, name)).map(Node::Value);
+            }
+            Operands::One(node.map(Operand::Node))
+        }
+        Side::Path(filters) => Operands::Many(
+            evaluate(filters, context, vec![candidate])?
+                .into_iter()
+                .map(Operand::Node)
+                .collect(),
+        ),
+    })
 }
 
 /// A primitive value (`JValue`) in a comparison.

@@ -11,11 +11,9 @@ pub mod jsonpath;
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::sync::Arc;
 
-use ::jmespath::{Rcvar, Variable};
 
-pub use self::jmespath::JmesPath;
+pub use self::jmespath::{JmesData, JmesPath};
 pub use self::jsonpath::JsonPath;
 use crate::json::JToken;
 
@@ -89,26 +87,37 @@ impl Expression {
         }
     }
 
+    /// Member names that must occur somewhere in the data for the expression to select anything
+    /// (necessary, not sufficient). Used to skip templates cheaply; `matchedToken` is not data.
+    pub fn required_keys(&self) -> Vec<String> {
+        match self {
+            Expression::JsonPath(path) => path.required_keys(),
+            Expression::JmesPath(path) => path.required_keys(),
+        }
+    }
+
     /// `SelectTokens`: every token the expression yields, in document order.
     pub fn select_tokens<'a>(&self, scope: &Scope<'a>) -> Result<Selection<'a>, ExpressionError> {
         match self {
             Expression::JsonPath(path) => path.select(scope),
-            Expression::JmesPath(path) => path.evaluate(scope.variable()),
+            Expression::JmesPath(path) => path.evaluate(scope.jmes_data()),
         }
     }
 
     /// `SelectToken`: the one token the expression yields, `None` when nothing matches, an error
     /// when it yields several.
     pub fn select_token<'a>(&self, scope: &Scope<'a>) -> Result<Option<Selected<'a>>, ExpressionError> {
+        match self {
+            Expression::JsonPath(path) if path.is_field_path() => return Ok(path.select_fields(scope)),
+            Expression::JmesPath(path) => {
+                return Ok(path.select_one(scope.jmes_data())?.map(|token| Selected::Token(Cow::Owned(token))));
+            }
+            Expression::JsonPath(_) => {}
+        }
         let mut tokens = self.select_tokens(scope)?.into_iter();
         let first = tokens.next();
         if tokens.next().is_some() {
-            return Err(ExpressionError::MultipleTokens(match self {
-                Expression::JsonPath(_) => "Path returned multiple tokens.".to_string(),
-                Expression::JmesPath(path) => {
-                    format!("Multiple tokens were returned using expression {}", path.as_str())
-                }
-            }));
+            return Err(ExpressionError::MultipleTokens("Path returned multiple tokens.".to_string()));
         }
         Ok(first)
     }
@@ -178,8 +187,8 @@ pub struct Scope<'a> {
     root: &'a JToken,
     root_property: Option<&'a str>,
     matched: Option<&'a JToken>,
-    root_variable: Option<&'a OnceCell<Rcvar>>,
-    variable: OnceCell<Rcvar>,
+    root_view: Option<&'a OnceCell<JmesData>>,
+    view: OnceCell<JmesData>,
 }
 
 impl<'a> Scope<'a> {
@@ -189,16 +198,16 @@ impl<'a> Scope<'a> {
             root,
             root_property: None,
             matched: None,
-            root_variable: None,
-            variable: OnceCell::new(),
+            root_view: None,
+            view: OnceCell::new(),
         }
     }
 
-    /// Evaluate against `root` itself; `root_variable` caches its JMESPath view across the
+    /// Evaluate against `root` itself; `root_view` caches its JMESPath view across the
     /// templates applied to one message.
-    pub fn cached(root: &'a JToken, root_variable: &'a OnceCell<Rcvar>) -> Self {
+    pub fn cached(root: &'a JToken, root_view: &'a OnceCell<JmesData>) -> Self {
         Scope {
-            root_variable: Some(root_variable),
+            root_view: Some(root_view),
             ..Scope::new(root)
         }
     }
@@ -214,15 +223,15 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// Evaluate against `root` with a `matchedToken` member added. `root_variable` caches the
+    /// Evaluate against `root` with a `matchedToken` member added. `root_view` caches the
     /// JMESPath view of `root` across the matches of one message.
-    pub fn with_matched_token(root: &'a JToken, matched: &'a JToken, root_variable: &'a OnceCell<Rcvar>) -> Self {
+    pub fn with_matched_token(root: &'a JToken, matched: &'a JToken, root_view: &'a OnceCell<JmesData>) -> Self {
         Scope {
             root,
             root_property: None,
             matched: Some(matched),
-            root_variable: Some(root_variable),
-            variable: OnceCell::new(),
+            root_view: Some(root_view),
+            view: OnceCell::new(),
         }
     }
 
@@ -242,21 +251,16 @@ impl<'a> Scope<'a> {
     }
 
     /// The JMESPath view of the scope, built on first use.
-    fn variable(&self) -> &Rcvar {
-        self.variable.get_or_init(|| {
-            let root = match self.root_variable {
-                Some(cache) => cache.get_or_init(|| self::jmespath::to_variable(self.root)).clone(),
-                None => self::jmespath::to_variable(self.root),
+    fn jmes_data(&self) -> &JmesData {
+        self.view.get_or_init(|| {
+            let root = match self.root_view {
+                Some(cache) => cache.get_or_init(|| JmesData::of(self.root)).clone(),
+                None => JmesData::of(self.root),
             };
-            let Some(matched) = self.matched else {
-                return root;
-            };
-            let mut map = match &*root {
-                Variable::Object(map) => map.clone(),
-                _ => Default::default(),
-            };
-            map.insert(MATCHED_TOKEN.to_string(), self::jmespath::to_variable(matched));
-            Arc::new(Variable::Object(map))
+            match self.matched {
+                Some(matched) => root.with_member(MATCHED_TOKEN, matched),
+                None => root,
+            }
         })
     }
 }

@@ -43,9 +43,10 @@ impl JsonDate {
         let bytes = text.as_bytes();
         let (ticks, kind) = if bytes.first() == Some(&b'/') {
             parse_microsoft(text)?
-        } else if (19..=40).contains(&text.chars().count())
+        } else if bytes.len() >= 19
             && bytes[0].is_ascii_digit()
-            && bytes.get(10) == Some(&b'T')
+            && bytes[10] == b'T'
+            && (19..=40).contains(&text.chars().count())
         {
             parse_iso(bytes)?
         } else {

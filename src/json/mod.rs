@@ -43,6 +43,62 @@ pub enum JToken {
     Object(JObject),
 }
 
+/// A 128-bit Bloom filter of the member names of every object in a token tree, two bits per
+/// name. It answers "might all these names occur?" without false negatives, which lets
+/// normalization skip a template whose type match needs a member the message does not have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyDigest(u128);
+
+impl KeyDigest {
+    /// The digest of every member name in `token`, at any depth.
+    pub fn of_token(token: &JToken) -> Self {
+        let mut digest = KeyDigest::default();
+        digest.add_token(token);
+        digest
+    }
+
+    /// The digest of `names`.
+    pub fn of_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut digest = KeyDigest::default();
+        for name in names {
+            digest.add(name);
+        }
+        digest
+    }
+
+    /// False only when some name of `required` certainly does not occur.
+    pub fn may_contain_all(self, required: KeyDigest) -> bool {
+        self.0 & required.0 == required.0
+    }
+
+    fn add(&mut self, name: &str) {
+        // A cheap hash of the length and the first and last eight bytes; names that differ only
+        // in the middle share bits, which costs a wasted evaluation, never a missed match.
+        let bytes = name.as_bytes();
+        let mut head = [0u8; 8];
+        let mut tail = [0u8; 8];
+        let take = bytes.len().min(8);
+        head[..take].copy_from_slice(&bytes[..take]);
+        tail[..take].copy_from_slice(&bytes[bytes.len() - take..]);
+        let mixed = u64::from_le_bytes(head) ^ u64::from_le_bytes(tail).rotate_left(29) ^ bytes.len() as u64;
+        let hash = mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 |= 1u128 << (hash >> 57) | 1u128 << ((hash >> 50) & 127);
+    }
+
+    fn add_token(&mut self, token: &JToken) {
+        match token {
+            JToken::Object(object) => {
+                for (name, value) in object.iter() {
+                    self.add(name);
+                    self.add_token(value);
+                }
+            }
+            JToken::Array(items) => items.iter().for_each(|item| self.add_token(item)),
+            _ => {}
+        }
+    }
+}
+
 /// A JSON object with properties in document order. Names compare case-sensitively.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct JObject {
@@ -71,6 +127,12 @@ impl JObject {
             Some((_, slot)) => *slot = value,
             None => self.properties.push((name, value)),
         }
+    }
+
+    /// Removes property `name` and returns its value.
+    pub fn remove(&mut self, name: &str) -> Option<JToken> {
+        let index = self.properties.iter().position(|(key, _)| &**key == name)?;
+        Some(self.properties.remove(index).1)
     }
 
     /// Properties in document order.

@@ -322,7 +322,20 @@ impl Parser<'_> {
     /// are accepted, as Json.NET accepts them.
     fn string(&mut self, quote: u8) -> Result<String, ParseError> {
         self.pos += 1;
-        let mut out = String::new();
+        let start = self.pos;
+        // Fast path: no escapes, one copy.
+        while let Some(&byte) = self.bytes.get(self.pos) {
+            if byte == quote {
+                let text = self.text[start..self.pos].to_string();
+                self.pos += 1;
+                return Ok(text);
+            }
+            if byte == b'\\' {
+                break;
+            }
+            self.pos += 1;
+        }
+        let mut out = String::from(&self.text[start..self.pos]);
         let mut run_start = self.pos;
         loop {
             match self.peek() {

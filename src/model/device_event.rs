@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::time::parse_utc_lenient;
-use crate::json::{JObject, JToken, JsonDate, ParseError, parse_token};
+use crate::json::{JObject, JToken, JsonDate, KeyDigest, ParseError, parse_token};
 
 /// System properties that carry the time the event was enqueued, in order of preference.
 pub const ENQUEUED_TIME_PROPERTIES: [&str; 2] = ["iothub-enqueuedtime", "x-opt-enqueued-time"];
@@ -27,6 +27,7 @@ pub enum EventFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceEvent {
     envelope: JToken,
+    keys: KeyDigest,
 }
 
 impl DeviceEvent {
@@ -41,24 +42,26 @@ impl DeviceEvent {
         envelope.insert(BODY, body);
         envelope.insert(PROPERTIES, JToken::Object(properties));
         envelope.insert(SYSTEM_PROPERTIES, JToken::Object(system_properties));
+        let envelope = JToken::Object(envelope);
         DeviceEvent {
-            envelope: JToken::Object(envelope),
+            keys: KeyDigest::of_token(&envelope),
+            envelope,
         }
     }
 
     /// An event from a parsed envelope. A missing `Body` is null, missing property bags are
     /// empty; other members are dropped, as the original's envelope has only these three.
     pub fn from_envelope(token: JToken) -> Result<Self, String> {
-        let JToken::Object(object) = token else {
+        let JToken::Object(mut object) = token else {
             return Err(format!(
                 "An envelope must be a JSON object with Body, Properties and SystemProperties, found {}.",
                 token.type_name()
             ));
         };
-        let bag = |name: &str| -> Result<JObject, String> {
-            match object.get(name) {
+        let mut bag = |name: &str| -> Result<JObject, String> {
+            match object.remove(name) {
                 None | Some(JToken::Null) => Ok(JObject::new()),
-                Some(JToken::Object(bag)) => Ok(bag.clone()),
+                Some(JToken::Object(bag)) => Ok(bag),
                 Some(other) => Err(format!(
                     "Envelope member {name} must be an object, found {}.",
                     other.type_name()
@@ -67,7 +70,7 @@ impl DeviceEvent {
         };
         let properties = bag(PROPERTIES)?;
         let system_properties = bag(SYSTEM_PROPERTIES)?;
-        let body = object.get(BODY).cloned().unwrap_or(JToken::Null);
+        let body = object.remove(BODY).unwrap_or(JToken::Null);
         Ok(Self::new(body, properties, system_properties))
     }
 
@@ -87,6 +90,11 @@ impl DeviceEvent {
     /// The whole envelope.
     pub fn envelope(&self) -> &JToken {
         &self.envelope
+    }
+
+    /// The member names occurring anywhere in the envelope.
+    pub fn keys(&self) -> KeyDigest {
+        self.keys
     }
 
     /// The event body.

@@ -160,10 +160,10 @@ fn templates_check_reports_every_error_with_positions() {
     assert_eq!(
         lines,
         [
+            format!("{shown}:4:73: Could not find member 'bogus' on object of type 'JsonPathContentTemplate'."),
             format!("{shown}:4:54: Required property 'TypeMatchExpression' not found in JSON."),
             format!("{shown}:4:54: Required property 'DeviceIdExpression' not found in JSON."),
             format!("{shown}:4:54: Required property 'TimestampExpression' not found in JSON."),
-            format!("{shown}:4:73: Could not find member 'bogus' on object of type 'JsonPathContentTemplate'."),
             format!("{shown}:5:43: No match found for template type Nope."),
         ]
     );
