@@ -9,8 +9,8 @@
 //! The core never performs I/O, never reads the clock and never logs; the `cli` module at the top
 //! wires it to files and standard streams.
 
+pub mod cli;
+pub mod device;
 pub mod expr;
 pub mod json;
 pub mod model;
-pub mod device;
-pub mod cli;

@@ -22,7 +22,13 @@ pub struct CheckArgs {
 /// Prints each error as `file:line:col: message` on standard error.
 fn report(path: &Path, errors: &[TemplateError]) {
     for error in errors {
-        eprintln!("{}:{}:{}: {}", path.display(), error.pos.line, error.pos.column, error.message);
+        eprintln!(
+            "{}:{}:{}: {}",
+            path.display(),
+            error.pos.line,
+            error.pos.column,
+            error.message
+        );
     }
 }
 

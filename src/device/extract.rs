@@ -2,12 +2,10 @@
 //! (CalculatedContent) and `LegacyMeasurementExtractor` (the JSONPath-only types), including the
 //! required/optional rules, stringification and timestamp conversion of Json.NET's `Value<T>()`.
 
-use std::cell::OnceCell;
-
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{ContentTemplate, NormalizeError, TemplateKind};
-use crate::expr::{Expression, ExpressionError, JmesData, Scope, Selected};
+use crate::expr::{Expression, ExpressionError, JmesCache, Scope, Selected};
 use crate::json::{JToken, format_double, parse_dotnet_datetime};
 use crate::model::{Measurement, MeasurementProperty};
 
@@ -16,7 +14,7 @@ impl ContentTemplate {
     pub(super) fn extract<'a>(
         &self,
         envelope: &'a JToken,
-        envelope_view: &'a OnceCell<JmesData>,
+        envelope_view: &'a JmesCache,
         today: NaiveDate,
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
@@ -45,14 +43,24 @@ impl ContentTemplate {
     }
 
     fn measurement(&self, scope: &Scope<'_>, today: NaiveDate) -> Result<Measurement, NormalizeError> {
-        let device_id = evaluate(scope, "DeviceIdExpression", true, std::slice::from_ref(&self.device_id), to_text)?;
+        let device_id = evaluate(
+            scope,
+            "DeviceIdExpression",
+            true,
+            std::slice::from_ref(&self.device_id),
+            to_text,
+        )?;
         let occurrence = evaluate(scope, "TimestampExpression", true, &self.timestamps, |found| {
             to_timestamp(found, today)
         })?;
         let correlation_id = match &self.correlation_id {
-            Some(expression) => {
-                evaluate(scope, "CorrelationIdExpression", true, std::slice::from_ref(expression), to_text)?
-            }
+            Some(expression) => evaluate(
+                scope,
+                "CorrelationIdExpression",
+                true,
+                std::slice::from_ref(expression),
+                to_text,
+            )?,
             None => None,
         };
         let optional = |expression: &Option<Expression>, name: &str| match expression {
@@ -125,7 +133,9 @@ fn evaluate<T: Blank>(
             Ok(value) => {
                 let missing = value.as_ref().is_none_or(Blank::is_blank);
                 if required && missing {
-                    problems.push(format!("A null or empty value was supplied for the required field [{name}]"));
+                    problems.push(format!(
+                        "A null or empty value was supplied for the required field [{name}]"
+                    ));
                 } else {
                     return Ok(value);
                 }
@@ -141,7 +151,10 @@ fn evaluate<T: Blank>(
     }
     Err(NormalizeError::incompatible(if problems.is_empty() {
         let texts: Vec<&str> = expressions.iter().map(|e| e.as_str()).collect();
-        format!("Unable to extract required value for [{name}] using {}", texts.join(","))
+        format!(
+            "Unable to extract required value for [{name}] using {}",
+            texts.join(",")
+        )
     } else {
         format!("Unable to extract required value for [{name}]. {}", problems.join(" "))
     }))
@@ -151,10 +164,9 @@ fn expression_failure(expression: &Expression, error: ExpressionError, what: &st
     let message = match (expression, error) {
         (Expression::JmesPath(_), ExpressionError::MultipleTokens(message)) => message,
         (Expression::JmesPath(_), other) => other.to_string(),
-        (Expression::JsonPath(path), other) => format!(
-            "Unable to retrieve {what} using expression {}: {other}",
-            path.as_str()
-        ),
+        (Expression::JsonPath(path), other) => {
+            format!("Unable to retrieve {what} using expression {}: {other}", path.as_str())
+        }
     };
     NormalizeError::expression(message)
 }

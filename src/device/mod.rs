@@ -8,12 +8,11 @@
 mod extract;
 mod template;
 
-use std::cell::OnceCell;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::expr::Expression;
+use crate::expr::{Expression, JmesCache};
 use crate::json::{KeyDigest, ParseError, Pos, parse_spanned};
 use crate::model::{DeviceEvent, Measurement};
 
@@ -224,7 +223,7 @@ impl DeviceTemplateSet {
     /// timestamps.
     pub fn normalize(&self, event: &DeviceEvent, now: DateTime<Utc>) -> Result<Vec<Measurement>, NormalizeError> {
         let envelope = event.envelope();
-        let envelope_view = OnceCell::new();
+        let envelope_view = JmesCache::default();
         let today = now.date_naive();
         let mut measurements = Vec::new();
         let keys = event.keys();

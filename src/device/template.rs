@@ -31,7 +31,11 @@ pub(super) fn read_collection(root: &Spanned<SpannedJson>, errors: &mut Vec<Temp
     let Some(container) = read_container(root, errors) else {
         return Vec::new();
     };
-    if !container.type_name.as_deref().is_some_and(|name| matches_type_name(name, "CollectionContentTemplate")) {
+    if !container
+        .type_name
+        .as_deref()
+        .is_some_and(|name| matches_type_name(name, "CollectionContentTemplate"))
+    {
         errors.push(TemplateError::at(
             container.type_pos.unwrap_or(root.pos),
             format!(
@@ -41,14 +45,21 @@ pub(super) fn read_collection(root: &Spanned<SpannedJson>, errors: &mut Vec<Temp
         ));
         return Vec::new();
     }
-    let Some(Spanned { value: SpannedJson::Array(items), .. }) = container.template else {
+    let Some(Spanned {
+        value: SpannedJson::Array(items),
+        ..
+    }) = container.template
+    else {
         errors.push(TemplateError::at(
             container.template.map_or(root.pos, |t| t.pos),
             "Expected an array for the template property value for template type CollectionContentTemplate.".into(),
         ));
         return Vec::new();
     };
-    items.iter().filter_map(|item| read_content_template(item, errors)).collect()
+    items
+        .iter()
+        .filter_map(|item| read_content_template(item, errors))
+        .collect()
 }
 
 /// `{"templateType": "…", "template": …}`; other members are ignored, as Json.NET ignores them.
@@ -69,7 +80,12 @@ fn read_container<'a>(node: &'a Spanned<SpannedJson>, errors: &mut Vec<TemplateE
         ));
         return None;
     };
-    let find = |name: &str| members.iter().rev().find(|(key, _)| key.value.eq_ignore_ascii_case(name));
+    let find = |name: &str| {
+        members
+            .iter()
+            .rev()
+            .find(|(key, _)| key.value.eq_ignore_ascii_case(name))
+    };
     let type_member = find("templateType");
     let type_name = match type_member.map(|(_, value)| &value.value) {
         None | Some(SpannedJson::Null) => None,
@@ -102,7 +118,12 @@ fn read_content_template(item: &Spanned<SpannedJson>, errors: &mut Vec<TemplateE
         return None;
     };
     let body = match container.template {
-        Some(body @ Spanned { value: SpannedJson::Object(_), .. }) => body,
+        Some(
+            body @ Spanned {
+                value: SpannedJson::Object(_),
+                ..
+            },
+        ) => body,
         other => {
             errors.push(TemplateError::at(
                 other.map_or(type_pos, |t| t.pos),
@@ -178,7 +199,10 @@ impl<'a> Members<'a> {
             if !claimed {
                 errors.push(TemplateError::at(
                     key.pos,
-                    format!("Could not find member '{}' on object of type '{}'.", key.value, self.class),
+                    format!(
+                        "Could not find member '{}' on object of type '{}'.",
+                        key.value, self.class
+                    ),
                 ));
             }
         }
@@ -229,7 +253,10 @@ fn read_bool(value: &Spanned<SpannedJson>, errors: &mut Vec<TemplateError>) -> O
     };
     if result.is_none() {
         let shown = scalar_text(&value.value).unwrap_or_else(|| start_token(&value.value).to_string());
-        errors.push(TemplateError::at(value.pos, format!("Could not convert string to boolean: {shown}.")));
+        errors.push(TemplateError::at(
+            value.pos,
+            format!("Could not convert string to boolean: {shown}."),
+        ));
     }
     result
 }
@@ -302,7 +329,10 @@ fn compile(
     errors: &mut Vec<TemplateError>,
 ) -> Option<Expression> {
     if raw.text.trim().is_empty() {
-        errors.push(TemplateError::at(raw.pos, format!("An expression must be set for [{name}]")));
+        errors.push(TemplateError::at(
+            raw.pos,
+            format!("An expression must be set for [{name}]"),
+        ));
         return None;
     }
     Expression::compile(&raw.text, raw.language.unwrap_or(default_language))
@@ -327,18 +357,23 @@ fn read_template_body(
     };
 
     let type_name = members.require("TypeName").and_then(|v| read_string(v, errors));
-    let type_match = members.require("TypeMatchExpression").and_then(|v| read_expression(v, errors));
+    let type_match = members
+        .require("TypeMatchExpression")
+        .and_then(|v| read_expression(v, errors));
     let (device_id, timestamp) = match kind {
         TemplateKind::JsonPath | TemplateKind::Calculated => (
-            members.require("DeviceIdExpression").and_then(|v| read_expression(v, errors)),
-            members.require("TimestampExpression").and_then(|v| read_expression(v, errors)),
+            members
+                .require("DeviceIdExpression")
+                .and_then(|v| read_expression(v, errors)),
+            members
+                .require("TimestampExpression")
+                .and_then(|v| read_expression(v, errors)),
         ),
         // Fixed by the template type; supplying them is an unknown member, as in the original.
         TemplateKind::IotJsonPath | TemplateKind::IotCentralJsonPath => (None, None),
     };
-    let mut optional = |name: &str, errors: &mut Vec<TemplateError>| {
-        members.take(name).and_then(|v| read_expression(v, errors))
-    };
+    let mut optional =
+        |name: &str, errors: &mut Vec<TemplateError>| members.take(name).and_then(|v| read_expression(v, errors));
     let patient_id = optional("PatientIdExpression", errors);
     let encounter_id = optional("EncounterIdExpression", errors);
     let correlation_id = optional("CorrelationIdExpression", errors);
@@ -359,22 +394,33 @@ fn read_template_body(
     let raw_values: Vec<(String, Option<RawExpression>, bool)> = match values_member {
         None if calculated => {
             // The original fails to load such a template (a NullReferenceException); say why.
-            errors.push(TemplateError::at(body.pos, "Required property 'Values' not found in JSON.".into()));
+            errors.push(TemplateError::at(
+                body.pos,
+                "Required property 'Values' not found in JSON.".into(),
+            ));
             Vec::new()
         }
         None => Vec::new(),
-        Some(Spanned { value: SpannedJson::Array(items), .. }) => items
+        Some(Spanned {
+            value: SpannedJson::Array(items),
+            ..
+        }) => items
             .iter()
             .filter_map(|item| {
                 let Some(mut value_members) = Members::new(item, values_class) else {
                     errors.push(TemplateError::at(
                         item.pos,
-                        format!("Expected an object for a value of type '{values_class}', found {}.", item.value.type_name()),
+                        format!(
+                            "Expected an object for a value of type '{values_class}', found {}.",
+                            item.value.type_name()
+                        ),
                     ));
                     return None;
                 };
                 let name = value_members.require("ValueName").and_then(|v| read_string(v, errors));
-                let expression = value_members.require("ValueExpression").and_then(|v| read_expression(v, errors));
+                let expression = value_members
+                    .require("ValueExpression")
+                    .and_then(|v| read_expression(v, errors));
                 let required = match value_members.take("Required") {
                     Some(flag) => read_bool(flag, errors).unwrap_or(false),
                     None => false,
@@ -387,7 +433,10 @@ fn read_template_body(
         Some(other) => {
             errors.push(TemplateError::at(
                 other.pos,
-                format!("Error reading values. Unexpected token: {}; expected an array.", start_token(&other.value)),
+                format!(
+                    "Error reading values. Unexpected token: {}; expected an array.",
+                    start_token(&other.value)
+                ),
             ));
             Vec::new()
         }

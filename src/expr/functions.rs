@@ -21,25 +21,50 @@ type Outcome = Result<Rcvar, JmespathError>;
 /// Registers `add`, `subtract`, `multiply`, `divide`, `pow`, `insertString`, `appendString`,
 /// `fromUnixTimestamp` and `fromUnixTimestampMs`.
 pub fn register_custom_functions(runtime: &mut Runtime) {
-    runtime.register_function("add", Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-        arithmetic("add", args, ctx, i64::wrapping_add, Decimal::checked_add, |a, b| a + b)
-    }));
-    runtime.register_function("subtract", Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-        arithmetic("subtract", args, ctx, i64::wrapping_sub, Decimal::checked_sub, |a, b| a - b)
-    }));
-    runtime.register_function("multiply", Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-        arithmetic("multiply", args, ctx, i64::wrapping_mul, Decimal::checked_mul, |a, b| a * b)
-    }));
+    runtime.register_function(
+        "add",
+        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
+            arithmetic("add", args, ctx, i64::wrapping_add, Decimal::checked_add, |a, b| a + b)
+        }),
+    );
+    runtime.register_function(
+        "subtract",
+        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
+            arithmetic(
+                "subtract",
+                args,
+                ctx,
+                i64::wrapping_sub,
+                Decimal::checked_sub,
+                |a, b| a - b,
+            )
+        }),
+    );
+    runtime.register_function(
+        "multiply",
+        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
+            arithmetic(
+                "multiply",
+                args,
+                ctx,
+                i64::wrapping_mul,
+                Decimal::checked_mul,
+                |a, b| a * b,
+            )
+        }),
+    );
     runtime.register_function("divide", Box::new(divide));
     runtime.register_function("pow", Box::new(pow));
     runtime.register_function("insertString", Box::new(insert_string));
     runtime.register_function("appendString", Box::new(append_string));
-    runtime.register_function("fromUnixTimestamp", Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-        from_unix("fromUnixTimestamp", 1000, args, ctx)
-    }));
-    runtime.register_function("fromUnixTimestampMs", Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-        from_unix("fromUnixTimestampMs", 1, args, ctx)
-    }));
+    runtime.register_function(
+        "fromUnixTimestamp",
+        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| from_unix("fromUnixTimestamp", 1000, args, ctx)),
+    );
+    runtime.register_function(
+        "fromUnixTimestampMs",
+        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| from_unix("fromUnixTimestampMs", 1, args, ctx)),
+    );
 }
 
 /// A JMESPath number as Json.NET types it.
@@ -76,7 +101,9 @@ fn number_arg(name: &str, args: &[Rcvar], index: usize, ctx: &Context<'_>) -> Re
             .ok_or_else(|| fail(ctx, format!("Error: function {name} argument {index} is out of range"))),
         _ => Err(fail(
             ctx,
-            format!("Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer|Float"),
+            format!(
+                "Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer|Float"
+            ),
         )),
     }
 }
@@ -88,7 +115,9 @@ fn integer_arg(name: &str, args: &[Rcvar], index: usize, ctx: &Context<'_>) -> R
             .ok_or_else(|| fail(ctx, format!("Error: function {name} argument {index} is out of range"))),
         _ => Err(fail(
             ctx,
-            format!("Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer"),
+            format!(
+                "Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer"
+            ),
         )),
     }
 }
@@ -108,7 +137,12 @@ fn number_result(name: &str, value: Num, ctx: &Context<'_>) -> Outcome {
         Num::Int(value) => Ok(Arc::new(Variable::Number(Number::from(value)))),
         Num::Float(value) => Number::from_f64(value)
             .map(|number| Arc::new(Variable::Number(number)))
-            .ok_or_else(|| fail(ctx, format!("Error: function {name} produced a number that is not finite"))),
+            .ok_or_else(|| {
+                fail(
+                    ctx,
+                    format!("Error: function {name} produced a number that is not finite"),
+                )
+            }),
     }
 }
 
@@ -154,8 +188,8 @@ fn to_decimal(value: Num) -> Option<Decimal> {
 /// with one correctly rounded operation; others go through text.
 fn decimal_to_f64(value: Decimal) -> Option<f64> {
     const POWERS: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
-        1e19, 1e20, 1e21, 1e22,
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
+        1e20, 1e21, 1e22,
     ];
     let mantissa = value.mantissa();
     let scale = value.scale() as usize;
@@ -179,7 +213,10 @@ fn divide(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
     let left = number_arg("divide", args, 0, ctx)?;
     let right = number_arg("divide", args, 1, ctx)?;
     if as_f64(right) == 0.0 {
-        return Err(fail(ctx, "Error: function divide attempted to divide by zero".to_string()));
+        return Err(fail(
+            ctx,
+            "Error: function divide attempted to divide by zero".to_string(),
+        ));
     }
     let value = match (left, right) {
         (Num::Int(a), Num::Int(b)) if a.checked_rem(b) == Some(0) => {
@@ -339,7 +376,9 @@ mod tests {
                 let error = run(&format!("{function}(left, right)"), &with(bad, "100")).unwrap_err();
                 assert_eq!(
                     error,
-                    format!("Error: invalid-type, function {function} expects argument 0 to be one of the following: Integer|Float")
+                    format!(
+                        "Error: invalid-type, function {function} expects argument 0 to be one of the following: Integer|Float"
+                    )
                 );
             }
         }
@@ -348,28 +387,58 @@ mod tests {
     #[test]
     fn insert_and_append_strings() {
         let data = r#"{"original":"suess","toInsert":"cc","pos":2}"#;
-        assert_eq!(run("insertString(original, toInsert, pos)", data).unwrap(), r#""success""#);
+        assert_eq!(
+            run("insertString(original, toInsert, pos)", data).unwrap(),
+            r#""success""#
+        );
         assert_eq!(
             run("insertString('myString', '!!', length('myString'))", "{}").unwrap(),
             r#""myString!!""#
         );
         assert_eq!(run("insertString('ppy', 'ha', `0`)", "{}").unwrap(), r#""happy""#);
-        assert!(run("insertString('myString', '!!', `9`)", "{}").unwrap_err().contains("out of the range"));
+        assert!(
+            run("insertString('myString', '!!', `9`)", "{}")
+                .unwrap_err()
+                .contains("out of the range")
+        );
         assert!(run("insertString('ppy', 'ha', `-1`)", "{}").is_err());
-        assert!(run("insertString('text', 'x', `1.5`)", "{}").unwrap_err().contains("argument 2"));
-        assert!(run("insertString(`6`, 'x', `0`)", "{}").unwrap_err().contains("argument 0"));
+        assert!(
+            run("insertString('text', 'x', `1.5`)", "{}")
+                .unwrap_err()
+                .contains("argument 2")
+        );
+        assert!(
+            run("insertString(`6`, 'x', `0`)", "{}")
+                .unwrap_err()
+                .contains("argument 0")
+        );
         // UTF-16 positions, as .NET counts them.
         assert_eq!(run("insertString('😀b', 'a', `2`)", "{}").unwrap(), r#""😀ab""#);
-        assert_eq!(run("appendString('sample ', 'text')", "{}").unwrap(), r#""sample text""#);
+        assert_eq!(
+            run("appendString('sample ', 'text')", "{}").unwrap(),
+            r#""sample text""#
+        );
     }
 
     #[test]
     fn unix_timestamps_become_dates() {
         assert_eq!(run("fromUnixTimestamp(`0`)", "{}").unwrap(), "date 01/01/1970 00:00:00");
-        assert_eq!(run("fromUnixTimestamp(`1625677200`)", "{}").unwrap(), "date 07/07/2021 17:00:00");
-        assert_eq!(run("fromUnixTimestamp(`-1`)", "{}").unwrap(), "date 12/31/1969 23:59:59");
-        assert_eq!(run("fromUnixTimestampMs(`1626799080000`)", "{}").unwrap(), "date 07/20/2021 16:38:00");
-        assert_eq!(run("fromUnixTimestampMs(`-1000`)", "{}").unwrap(), "date 12/31/1969 23:59:59");
+        assert_eq!(
+            run("fromUnixTimestamp(`1625677200`)", "{}").unwrap(),
+            "date 07/07/2021 17:00:00"
+        );
+        assert_eq!(
+            run("fromUnixTimestamp(`-1`)", "{}").unwrap(),
+            "date 12/31/1969 23:59:59"
+        );
+        assert_eq!(
+            run("fromUnixTimestampMs(`1626799080000`)", "{}").unwrap(),
+            "date 07/20/2021 16:38:00"
+        );
+        assert_eq!(
+            run("fromUnixTimestampMs(`-1000`)", "{}").unwrap(),
+            "date 12/31/1969 23:59:59"
+        );
         assert!(run("fromUnixTimestamp('badData')", "{}").is_err());
         assert!(run("fromUnixTimestamp(`1.5`)", "{}").is_err());
         assert!(run("fromUnixTimestamp(`999999999999999`)", "{}").is_err());
@@ -385,7 +454,10 @@ mod tests {
             "insertString(original, toInsert)",
             "insertString(original, toInsert, pos, extraParam)",
         ] {
-            assert!(Expression::compile(expression, Language::JmesPath).is_err(), "{expression}");
+            assert!(
+                Expression::compile(expression, Language::JmesPath).is_err(),
+                "{expression}"
+            );
         }
     }
 }

@@ -70,6 +70,7 @@ const BUILTIN_ARITY: &[(&str, usize, Option<usize>)] = &[
 pub struct JmesPath {
     expression: Expression<'static>,
     projection: bool,
+    root_fields: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for JmesPath {
@@ -93,9 +94,16 @@ impl JmesPath {
         check_depth(expression.as_ast()).map_err(unparsable)?;
         check_functions(expression.as_ast()).map_err(unparsable)?;
         let projection = is_projection(expression.as_ast());
+        let root_fields = root_fields(expression.as_ast()).map(|fields| {
+            let mut fields: Vec<String> = fields.into_iter().collect();
+            fields.sort();
+            fields.dedup();
+            fields
+        });
         Ok(JmesPath {
             expression,
             projection,
+            root_fields,
         })
     }
 
@@ -112,11 +120,17 @@ impl JmesPath {
         keys
     }
 
+    /// The root members the expression reads, or `None` when it may read the whole root (it
+    /// uses `@` at the root, or a wildcard). Knowing them lets a caller convert only those.
+    pub fn root_fields(&self) -> Option<&[String]> {
+        self.root_fields.as_deref()
+    }
+
     /// `SelectTokens`: a projection yields each element; anything else one token (`null` yields
     /// nothing).
-    pub fn evaluate(&self, data: &JmesData) -> Result<Selection<'static>, ExpressionError> {
-        let (result, created) = self.interpret(data)?;
-        let convert = |variable: &Rcvar| from_variable(variable, data, &created);
+    pub fn evaluate(&self, root: &Rcvar, dates: &Dates<'_>) -> Result<Selection<'static>, ExpressionError> {
+        let (result, created) = self.interpret(root)?;
+        let convert = |variable: &Rcvar| from_variable(variable, dates, &created);
         let tokens = if self.projection {
             match &*result {
                 Variable::Array(items) => items.iter().map(convert).collect(),
@@ -133,8 +147,8 @@ impl JmesPath {
     /// `SelectToken`, as JmesPath.Net answers it: a projection of more than one element is an
     /// error, and a smaller projection is still an array (so it cannot become a value); a
     /// `null` result is nothing.
-    pub fn select_one(&self, data: &JmesData) -> Result<Option<JToken>, ExpressionError> {
-        let (result, created) = self.interpret(data)?;
+    pub fn select_one(&self, root: &Rcvar, dates: &Dates<'_>) -> Result<Option<JToken>, ExpressionError> {
+        let (result, created) = self.interpret(root)?;
         if self.projection {
             let items = match &*result {
                 Variable::Array(items) => items.as_slice(),
@@ -147,18 +161,18 @@ impl JmesPath {
                 )));
             }
             return Ok(Some(JToken::Array(
-                items.iter().map(|item| from_variable(item, data, &created)).collect(),
+                items.iter().map(|item| from_variable(item, dates, &created)).collect(),
             )));
         }
-        Ok((!result.is_null()).then(|| from_variable(&result, data, &created)))
+        Ok((!result.is_null()).then(|| from_variable(&result, dates, &created)))
     }
 
     /// Runs the expression; also returns the dates the custom functions created.
-    fn interpret(&self, data: &JmesData) -> Result<(Rcvar, Vec<(Rcvar, JsonDate)>), ExpressionError> {
+    fn interpret(&self, root: &Rcvar) -> Result<(Rcvar, Vec<(Rcvar, JsonDate)>), ExpressionError> {
         CREATED_DATES.with(|dates| dates.borrow_mut().clear());
         // `Expression::search` would deep-copy the data through serde; interpret it in place.
         let mut context = Context::new(self.expression.as_str(), &RUNTIME);
-        let result = interpret(&data.root, self.expression.as_ast(), &mut context)
+        let result = interpret(root, self.expression.as_ast(), &mut context)
             .map_err(|error| ExpressionError::Evaluate(runtime_message(&error)));
         let created = CREATED_DATES.with(|dates| std::mem::take(&mut *dates.borrow_mut()));
         Ok((result?, created))
@@ -178,34 +192,76 @@ pub(super) fn created_date(date: JsonDate) -> Rcvar {
     variable
 }
 
-/// The JMESPath view of some data: the crate's variable tree, and which of its strings are Json.NET
-/// date tokens (by identity, so strings that merely look like dates stay strings).
-#[derive(Debug, Clone)]
-pub struct JmesData {
-    root: Rcvar,
+/// A token converted to the crate's variables, with the date tokens among its strings.
+#[derive(Debug)]
+pub struct Converted {
+    variable: Rcvar,
     dates: Vec<(usize, JsonDate)>,
 }
 
-impl JmesData {
-    /// The view of `token`.
+impl Converted {
+    /// Converts `token`.
     pub fn of(token: &JToken) -> Self {
         let mut dates = Vec::new();
-        let root = to_variable(token, &mut dates);
-        JmesData { root, dates }
+        let variable = to_variable(token, &mut dates);
+        Converted { variable, dates }
     }
 
-    /// The view of this object with a `name` member added (CalculatedContent's `matchedToken`).
-    pub fn with_member(&self, name: &str, value: &JToken) -> Self {
-        let mut dates = self.dates.clone();
-        let mut map = match &*self.root {
-            Variable::Object(map) => map.clone(),
-            _ => Default::default(),
-        };
-        map.insert(name.to_string(), to_variable(value, &mut dates));
-        JmesData {
-            root: Arc::new(Variable::Object(map)),
-            dates,
+    /// The converted variable.
+    pub fn variable(&self) -> &Rcvar {
+        &self.variable
+    }
+}
+
+/// Conversions of one message's tokens, made on demand and shared by the templates applied to
+/// it. Entries are keyed by the token's address, so only tokens that outlive the cache (the
+/// message's own) may be converted through it.
+#[derive(Debug, Default)]
+pub struct JmesCache {
+    entries: RefCell<Vec<(usize, Converted)>>,
+}
+
+impl JmesCache {
+    /// The variable for `token`, converting it on first use.
+    pub fn convert(&self, token: &JToken) -> Rcvar {
+        let address = std::ptr::from_ref(token) as usize;
+        if let Some((_, converted)) = self.entries.borrow().iter().find(|(known, _)| *known == address) {
+            return converted.variable.clone();
         }
+        let converted = Converted::of(token);
+        let variable = converted.variable.clone();
+        self.entries.borrow_mut().push((address, converted));
+        variable
+    }
+}
+
+/// Where the strings that stand for date tokens are: the message cache and one more conversion.
+pub struct Dates<'x> {
+    cache: &'x JmesCache,
+    extra: Option<&'x Converted>,
+}
+
+impl<'x> Dates<'x> {
+    /// Dates of the cache's conversions and of `extra`.
+    pub fn new(cache: &'x JmesCache, extra: Option<&'x Converted>) -> Self {
+        Dates { cache, extra }
+    }
+
+    fn find(&self, variable: &Rcvar) -> Option<JsonDate> {
+        let address = Arc::as_ptr(variable) as usize;
+        let lookup = |dates: &[(usize, JsonDate)]| {
+            dates
+                .iter()
+                .find(|(known, _)| *known == address)
+                .map(|(_, date)| date.clone())
+        };
+        self.extra.and_then(|converted| lookup(&converted.dates)).or_else(|| {
+            self.cache
+                .entries
+                .borrow()
+                .iter()
+                .find_map(|(_, converted)| lookup(&converted.dates))
+        })
     }
 }
 
@@ -218,7 +274,9 @@ fn to_variable(token: &JToken, dates: &mut Vec<(usize, JsonDate)>) -> Rcvar {
             dates.push((Arc::as_ptr(&variable) as usize, (**date).clone()));
             variable
         }
-        JToken::Array(items) => Arc::new(Variable::Array(items.iter().map(|item| to_variable(item, dates)).collect())),
+        JToken::Array(items) => Arc::new(Variable::Array(
+            items.iter().map(|item| to_variable(item, dates)).collect(),
+        )),
         JToken::Object(object) => Arc::new(Variable::Object(
             object
                 .iter()
@@ -242,7 +300,7 @@ fn to_variable(token: &JToken, dates: &mut Vec<(usize, JsonDate)>) -> Rcvar {
 
 /// Converts a result back to a token. A string is a date exactly when it is one of the data's
 /// dates or one a custom function made.
-fn from_variable(variable: &Rcvar, data: &JmesData, created: &[(Rcvar, JsonDate)]) -> JToken {
+fn from_variable(variable: &Rcvar, dates: &Dates<'_>, created: &[(Rcvar, JsonDate)]) -> JToken {
     match &**variable {
         Variable::Null | Variable::Expref(_) => JToken::Null,
         Variable::Bool(value) => JToken::Bool(*value),
@@ -252,30 +310,49 @@ fn from_variable(variable: &Rcvar, data: &JmesData, created: &[(Rcvar, JsonDate)
             None => JToken::Float(number.as_f64().unwrap_or(f64::NAN)),
         },
         Variable::String(value) => {
-            let address = Arc::as_ptr(variable) as usize;
-            let date = data
-                .dates
-                .iter()
-                .find(|(known, _)| *known == address)
-                .map(|(_, date)| date.clone())
-                .or_else(|| {
-                    created
-                        .iter()
-                        .find(|(made, _)| Arc::ptr_eq(made, variable))
-                        .map(|(_, date)| date.clone())
-                });
+            let date = dates.find(variable).or_else(|| {
+                created
+                    .iter()
+                    .find(|(made, _)| Arc::ptr_eq(made, variable))
+                    .map(|(_, date)| date.clone())
+            });
             match date {
                 Some(date) => JToken::Date(Box::new(date)),
                 None => JToken::string(value.as_str()),
             }
         }
-        Variable::Array(items) => JToken::Array(items.iter().map(|item| from_variable(item, data, created)).collect()),
+        Variable::Array(items) => JToken::Array(items.iter().map(|item| from_variable(item, dates, created)).collect()),
         Variable::Object(map) => JToken::Object(
             map.iter()
-                .map(|(key, value)| (key.clone(), from_variable(value, data, created)))
+                .map(|(key, value)| (key.clone(), from_variable(value, dates, created)))
                 .collect(),
         ),
     }
+}
+
+/// The root members `ast` reads when evaluated at the root, or `None` if it may read the root
+/// as a whole (`@`, a wildcard or slice of it). Sub-expressions and projections read their right
+/// side from the left side's result, and expression references from function-supplied values,
+/// so only the left sides and function arguments are evaluated at the root.
+fn root_fields(ast: &Ast) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut pending = vec![ast];
+    while let Some(node) = pending.pop() {
+        match node {
+            Ast::Field { name, .. } => fields.push(name.clone()),
+            Ast::Subexpr { lhs, .. } | Ast::Projection { lhs, .. } => pending.push(lhs),
+            Ast::Flatten { node, .. } | Ast::Not { node, .. } => pending.push(node),
+            Ast::Comparison { lhs, rhs, .. } | Ast::And { lhs, rhs, .. } | Ast::Or { lhs, rhs, .. } => {
+                pending.extend([&**lhs, &**rhs])
+            }
+            Ast::Condition { predicate, then, .. } => pending.extend([&**predicate, &**then]),
+            Ast::Function { args, .. } | Ast::MultiList { elements: args, .. } => pending.extend(args),
+            Ast::MultiHash { elements, .. } => pending.extend(elements.iter().map(|kv| &kv.value)),
+            Ast::Literal { .. } | Ast::Expref { .. } | Ast::Index { .. } => {}
+            Ast::Identity { .. } | Ast::ObjectValues { .. } | Ast::Slice { .. } => return None,
+        }
+    }
+    Some(fields)
 }
 
 /// Collects fields whose absence makes `ast` yield `null` or an empty projection. Field access,
@@ -399,7 +476,9 @@ fn check_size(text: &str) -> Result<(), String> {
         }
     }
     if deepest > MAX_NESTING || prefixes > MAX_NESTING * 2 {
-        return Err(format!("Expressions nested deeper than {MAX_NESTING} levels are not accepted."));
+        return Err(format!(
+            "Expressions nested deeper than {MAX_NESTING} levels are not accepted."
+        ));
     }
     Ok(())
 }
@@ -409,7 +488,9 @@ fn check_depth(ast: &Ast) -> Result<(), String> {
     let mut pending = vec![(ast, 1usize)];
     while let Some((node, depth)) = pending.pop() {
         if depth > MAX_AST_DEPTH {
-            return Err(format!("Expressions nested deeper than {MAX_AST_DEPTH} levels are not accepted."));
+            return Err(format!(
+                "Expressions nested deeper than {MAX_AST_DEPTH} levels are not accepted."
+            ));
         }
         pending.extend(children(node).into_iter().map(|child| (child, depth + 1)));
     }
@@ -447,7 +528,10 @@ fn check_functions(ast: &Ast) -> Result<(), String> {
                     Some(max) => format!("{min} to {max}"),
                     None => format!("at least {min}"),
                 };
-                return Err(format!("Function {name} expects {expected} argument(s), got {}.", args.len()));
+                return Err(format!(
+                    "Function {name} expects {expected} argument(s), got {}.",
+                    args.len()
+                ));
             }
         }
         pending.extend(children(node));
@@ -466,10 +550,9 @@ fn describe(error: &jmespath::JmespathError) -> String {
 fn runtime_message(error: &jmespath::JmespathError) -> String {
     match &error.reason {
         ErrorReason::Parse(message) => message.clone(),
-        ErrorReason::Runtime(runtime) => format!(
-            "Error evaluating JmesPath expression {}: {runtime}.",
-            error.expression
-        ),
+        ErrorReason::Runtime(runtime) => {
+            format!("Error evaluating JmesPath expression {}: {runtime}.", error.expression)
+        }
     }
 }
 
@@ -481,9 +564,10 @@ mod tests {
     fn eval(expression: &str, data: &str) -> Result<Vec<String>, ExpressionError> {
         let compiled = JmesPath::compile(expression)?;
         let data = parse_token(data).unwrap();
-        let data = JmesData::of(&data);
+        let converted = Converted::of(&data);
+        let cache = JmesCache::default();
         Ok(compiled
-            .evaluate(&data)?
+            .evaluate(converted.variable(), &Dates::new(&cache, Some(&converted)))?
             .into_iter()
             .map(|selected| selected.as_token().unwrap().to_json())
             .collect())
@@ -510,12 +594,37 @@ mod tests {
         assert_eq!(eval("f", data).unwrap(), vec!["65.5"]);
         let compiled = JmesPath::compile("d").unwrap();
         let data = parse_token(data).unwrap();
+        let converted = Converted::of(&data);
+        let cache = JmesCache::default();
         let tokens = compiled
-            .evaluate(&JmesData::of(&data))
+            .evaluate(converted.variable(), &Dates::new(&cache, Some(&converted)))
             .unwrap()
             .into_iter()
             .collect::<Vec<_>>();
         assert!(matches!(tokens[0].as_token(), Some(JToken::Date(_))));
+    }
+
+    #[test]
+    fn root_fields_are_found_or_unknown() {
+        let fields = |expression: &str| {
+            JmesPath::compile(expression)
+                .unwrap()
+                .root_fields()
+                .map(<[String]>::to_vec)
+        };
+        assert_eq!(fields("matchedToken.ts"), Some(vec!["matchedToken".to_string()]));
+        assert_eq!(
+            fields("divide(multiply(subtract(matchedToken.f, `32`), `5`), Body.x)"),
+            Some(vec!["Body".to_string(), "matchedToken".to_string()])
+        );
+        assert_eq!(
+            fields("Body.readings[?type == 'weight'].v"),
+            Some(vec!["Body".to_string()])
+        );
+        assert_eq!(fields("sort_by(Body.items, &value)"), Some(vec!["Body".to_string()]));
+        assert_eq!(fields("to_array(@)[?heartrate]"), None);
+        assert_eq!(fields("keys(@)"), None);
+        assert_eq!(fields("*.x"), None);
     }
 
     #[test]
@@ -535,7 +644,9 @@ mod tests {
         for expression in ["a[", "nosuch(@)", "abs(`1`, `2`)", "add(`1`)", "insertString('a', 'b')"] {
             let error = JmesPath::compile(expression).unwrap_err();
             assert!(
-                error.to_string().starts_with("The following JmesPath expression could not be parsed: "),
+                error
+                    .to_string()
+                    .starts_with("The following JmesPath expression could not be parsed: "),
                 "{expression}: {error}"
             );
         }
@@ -551,6 +662,11 @@ mod tests {
         assert!(JmesPath::compile(&chain).is_err());
         let chain = vec!["a"; 100].join(".");
         let compiled = JmesPath::compile(&chain).unwrap();
-        assert!(compiled.evaluate(&JmesData::of(&JToken::Null)).unwrap().into_iter().next().is_none());
+        let converted = Converted::of(&JToken::Null);
+        let cache = JmesCache::default();
+        let result = compiled
+            .evaluate(converted.variable(), &Dates::new(&cache, None))
+            .unwrap();
+        assert!(result.is_empty());
     }
 }

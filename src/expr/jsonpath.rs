@@ -89,7 +89,9 @@ impl JsonPath {
         let context = Context::of(scope);
         let start = context.root_node();
         let nodes = evaluate(&self.filters, &context, vec![start]).map_err(ExpressionError::Evaluate)?;
-        Ok(Selection::new(nodes.into_iter().map(|node| node.into_selected(&context)).collect()))
+        Ok(Selection::new(
+            nodes.into_iter().map(|node| node.into_selected(&context)).collect(),
+        ))
     }
 
     /// `SelectToken` for a path of plain field names: at most one result, found without
@@ -195,10 +197,10 @@ fn query_requirements(expression: &QueryExpression, keys: &mut Vec<String>) {
     match expression {
         QueryExpression::Boolean { left, op, right, .. } => {
             side(left, keys);
-            if *op != Operator::Exists {
-                if let Some(right) = right {
-                    side(right, keys);
-                }
+            if *op != Operator::Exists
+                && let Some(right) = right
+            {
+                side(right, keys);
             }
         }
         QueryExpression::Composite { and: true, items } => items.iter().for_each(|item| query_requirements(item, keys)),
@@ -220,8 +222,16 @@ fn query_requirements(expression: &QueryExpression, keys: &mut Vec<String>) {
 
 #[derive(Debug, Clone)]
 enum QueryExpression {
-    Composite { and: bool, items: Vec<QueryExpression> },
-    Boolean { left: Side, op: Operator, right: Option<Side>, regex: Option<Regex> },
+    Composite {
+        and: bool,
+        items: Vec<QueryExpression>,
+    },
+    Boolean {
+        left: Side,
+        op: Operator,
+        right: Option<Side>,
+        regex: Option<Regex>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -301,7 +311,10 @@ impl Parser {
 
     /// `_expression[_currentIndex]` where the C# code does not check the bounds.
     fn at(&self, index: usize) -> ParseResult<char> {
-        self.chars.get(index).copied().ok_or_else(|| INDEX_OUT_OF_RANGE.to_string())
+        self.chars
+            .get(index)
+            .copied()
+            .ok_or_else(|| INDEX_OUT_OF_RANGE.to_string())
     }
 
     fn substring(&self, start: usize, end: usize) -> String {
@@ -589,12 +602,17 @@ impl Parser {
         self.i += 1;
         self.ensure_length("Path ended with open indexer.")?;
         if self.chars[self.i] != '(' {
-            return Err(format!("Unexpected character while parsing path indexer: {}", self.chars[self.i]));
+            return Err(format!(
+                "Unexpected character while parsing path indexer: {}",
+                self.chars[self.i]
+            ));
         }
         self.i += 1;
         self.filter_depth += 1;
         if self.filter_depth > MAX_FILTER_NESTING {
-            return Err(format!("Filters nested deeper than {MAX_FILTER_NESTING} levels are not accepted."));
+            return Err(format!(
+                "Filters nested deeper than {MAX_FILTER_NESTING} levels are not accepted."
+            ));
         }
         let expression = self.parse_expression()?;
         self.filter_depth -= 1;
@@ -677,7 +695,10 @@ impl Parser {
             self.ensure_length("Path ended with open query.")?;
             return Ok(Side::Value(value));
         }
-        Err(format!("Unexpected character while parsing path query: {}", self.at(self.i)?))
+        Err(format!(
+            "Unexpected character while parsing path query: {}",
+            self.at(self.i)?
+        ))
     }
 
     fn try_parse_path_side(&mut self) -> ParseResult<Option<Vec<PathFilter>>> {
@@ -954,7 +975,11 @@ impl<'a> Context<'a> {
     }
 
     /// Descendants in pre-order, property nodes included (`JContainer.Descendants()`).
-    fn for_each_descendant(&self, node: Node<'a>, visit: &mut impl FnMut(Node<'a>) -> EvalResult<()>) -> EvalResult<()> {
+    fn for_each_descendant(
+        &self,
+        node: Node<'a>,
+        visit: &mut impl FnMut(Node<'a>) -> EvalResult<()>,
+    ) -> EvalResult<()> {
         self.for_each_child(node, &mut |child| {
             self.spend(1)?;
             visit(child)?;
@@ -986,7 +1011,11 @@ impl<'a> Node<'a> {
     }
 }
 
-fn evaluate<'a>(filters: &[PathFilter], context: &Context<'a>, mut current: Vec<Node<'a>>) -> EvalResult<Vec<Node<'a>>> {
+fn evaluate<'a>(
+    filters: &[PathFilter],
+    context: &Context<'a>,
+    mut current: Vec<Node<'a>>,
+) -> EvalResult<Vec<Node<'a>>> {
     for filter in filters {
         let mut next = Vec::new();
         match filter {
@@ -1055,7 +1084,12 @@ fn evaluate<'a>(filters: &[PathFilter], context: &Context<'a>, mut current: Vec<
                 for node in current {
                     context.for_each_descendant(node, &mut |descendant| {
                         if let Node::Property(property, value) = descendant {
-                            next.extend(names.iter().filter(|name| *name == property).map(|_| Node::Value(value)));
+                            next.extend(
+                                names
+                                    .iter()
+                                    .filter(|name| *name == property)
+                                    .map(|_| Node::Value(value)),
+                            );
                         }
                         Ok(())
                     })?;
@@ -1129,7 +1163,11 @@ fn slice<'a>(
     if end.is_some_and(|e| e < 0) {
         stop += count;
     }
-    first = if step > 0 { first.max(0).min(count) } else { first.min(count - 1) };
+    first = if step > 0 {
+        first.max(0).min(count)
+    } else {
+        first.min(count - 1)
+    };
     stop = stop.max(-1).min(count);
     let mut index = first;
     while (step > 0 && index < stop) || (step < 0 && index > stop) {
@@ -1399,7 +1437,7 @@ fn compare(kind: PrimType, a: Prim<'_>, b: Prim<'_>) -> EvalResult<Ordering> {
 }
 
 fn compare_float(a: f64, b: f64) -> EvalResult<Ordering> {
-    const EPSILON: f64 = 2.220_446_049_250_313_1e-16;
+    const EPSILON: f64 = f64::EPSILON; // Json.NET's MathUtils: 2.2204460492503131E-16
     if a == b {
         return Ok(Ordering::Equal);
     }
@@ -1465,7 +1503,7 @@ fn to_int64(value: Prim<'_>) -> EvalResult<i64> {
         Prim::Bool(value) => Ok(i64::from(value)),
         Prim::Float(value) => {
             let rounded = value.round_ties_even();
-            if rounded.is_finite() && rounded >= -9.223_372_036_854_776e18 && rounded < 9.223_372_036_854_776e18 {
+            if rounded.is_finite() && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&rounded) {
                 Ok(rounded as i64)
             } else {
                 Err("Value was either too large or too small for an Int64.".to_string())
@@ -1511,7 +1549,9 @@ fn parse_dotnet_double(text: &str) -> Option<f64> {
     let (integer, rest) = trimmed.split_at(cut);
     let cleaned = format!("{}{}", integer.replace(',', ""), rest);
     if !cleaned.bytes().any(|b| b.is_ascii_digit())
-        || !cleaned.bytes().all(|b| matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+        || !cleaned
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
     {
         return None;
     }
@@ -1524,7 +1564,7 @@ fn to_bool(value: Prim<'_>) -> EvalResult<bool> {
         Prim::Bool(value) => Ok(value),
         Prim::Int(value) => Ok(value != 0),
         Prim::Float(value) => Ok(value != 0.0),
-        Prim::Big(digits) => Ok(digits.trim_start_matches('-').trim_start_matches('0') != ""),
+        Prim::Big(digits) => Ok(!digits.trim_start_matches('-').trim_start_matches('0').is_empty()),
         Prim::Str(text) => {
             let trimmed = text.trim();
             if trimmed.eq_ignore_ascii_case("true") {

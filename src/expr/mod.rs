@@ -11,9 +11,13 @@ pub mod jsonpath;
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use ::jmespath::{Rcvar, Variable};
 
-pub use self::jmespath::{JmesData, JmesPath};
+use self::jmespath::{Converted, Dates};
+pub use self::jmespath::{JmesCache, JmesPath};
 pub use self::jsonpath::JsonPath;
 use crate::json::JToken;
 
@@ -100,7 +104,7 @@ impl Expression {
     pub fn select_tokens<'a>(&self, scope: &Scope<'a>) -> Result<Selection<'a>, ExpressionError> {
         match self {
             Expression::JsonPath(path) => path.select(scope),
-            Expression::JmesPath(path) => path.evaluate(scope.jmes_data()),
+            Expression::JmesPath(path) => scope.with_jmes_root(path, |root, dates| path.evaluate(root, dates)),
         }
     }
 
@@ -110,14 +114,17 @@ impl Expression {
         match self {
             Expression::JsonPath(path) if path.is_field_path() => return Ok(path.select_fields(scope)),
             Expression::JmesPath(path) => {
-                return Ok(path.select_one(scope.jmes_data())?.map(|token| Selected::Token(Cow::Owned(token))));
+                let token = scope.with_jmes_root(path, |root, dates| path.select_one(root, dates))?;
+                return Ok(token.map(|token| Selected::Token(Cow::Owned(token))));
             }
             Expression::JsonPath(_) => {}
         }
         let mut tokens = self.select_tokens(scope)?.into_iter();
         let first = tokens.next();
         if tokens.next().is_some() {
-            return Err(ExpressionError::MultipleTokens("Path returned multiple tokens.".to_string()));
+            return Err(ExpressionError::MultipleTokens(
+                "Path returned multiple tokens.".to_string(),
+            ));
         }
         Ok(first)
     }
@@ -150,7 +157,12 @@ pub struct Selection<'a>(Vec<Selected<'a>>);
 impl<'a> Selection<'a> {
     /// A selection of built tokens.
     pub fn owned(tokens: Vec<JToken>) -> Selection<'static> {
-        Selection(tokens.into_iter().map(|token| Selected::Token(Cow::Owned(token))).collect())
+        Selection(
+            tokens
+                .into_iter()
+                .map(|token| Selected::Token(Cow::Owned(token)))
+                .collect(),
+        )
     }
 
     /// A selection of results taken from the data.
@@ -187,8 +199,12 @@ pub struct Scope<'a> {
     root: &'a JToken,
     root_property: Option<&'a str>,
     matched: Option<&'a JToken>,
-    root_view: Option<&'a OnceCell<JmesData>>,
-    view: OnceCell<JmesData>,
+    /// JMESPath conversions of the root's members, shared by the scopes of one message.
+    shared: Option<&'a JmesCache>,
+    /// Conversions owned by this scope: the root's members when nothing is shared.
+    own: JmesCache,
+    /// The JMESPath conversion of `matched`.
+    matched_view: OnceCell<Converted>,
 }
 
 impl<'a> Scope<'a> {
@@ -198,16 +214,17 @@ impl<'a> Scope<'a> {
             root,
             root_property: None,
             matched: None,
-            root_view: None,
-            view: OnceCell::new(),
+            shared: None,
+            own: JmesCache::default(),
+            matched_view: OnceCell::new(),
         }
     }
 
-    /// Evaluate against `root` itself; `root_view` caches its JMESPath view across the
-    /// templates applied to one message.
-    pub fn cached(root: &'a JToken, root_view: &'a OnceCell<JmesData>) -> Self {
+    /// Evaluate against `root` itself; `cache` keeps JMESPath conversions of the root's members
+    /// across the templates applied to one message.
+    pub fn cached(root: &'a JToken, cache: &'a JmesCache) -> Self {
         Scope {
-            root_view: Some(root_view),
+            shared: Some(cache),
             ..Scope::new(root)
         }
     }
@@ -223,15 +240,13 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// Evaluate against `root` with a `matchedToken` member added. `root_view` caches the
-    /// JMESPath view of `root` across the matches of one message.
-    pub fn with_matched_token(root: &'a JToken, matched: &'a JToken, root_view: &'a OnceCell<JmesData>) -> Self {
+    /// Evaluate against `root` with a `matchedToken` member added. `cache` keeps JMESPath
+    /// conversions of the root's members across the matches and templates of one message.
+    pub fn with_matched_token(root: &'a JToken, matched: &'a JToken, cache: &'a JmesCache) -> Self {
         Scope {
-            root,
-            root_property: None,
             matched: Some(matched),
-            root_view: Some(root_view),
-            view: OnceCell::new(),
+            shared: Some(cache),
+            ..Scope::new(root)
         }
     }
 
@@ -250,18 +265,35 @@ impl<'a> Scope<'a> {
         self.matched
     }
 
-    /// The JMESPath view of the scope, built on first use.
-    fn jmes_data(&self) -> &JmesData {
-        self.view.get_or_init(|| {
-            let root = match self.root_view {
-                Some(cache) => cache.get_or_init(|| JmesData::of(self.root)).clone(),
-                None => JmesData::of(self.root),
-            };
-            match self.matched {
-                Some(matched) => root.with_member(MATCHED_TOKEN, matched),
-                None => root,
+    /// Builds the JMESPath root for `path`, converting only the root members it reads (each at
+    /// most once per message), and runs `run` on it.
+    fn with_jmes_root<T>(&self, path: &JmesPath, run: impl FnOnce(&Rcvar, &Dates<'_>) -> T) -> T {
+        let cache = self.shared.unwrap_or(&self.own);
+        let matched = self
+            .matched
+            .map(|matched| self.matched_view.get_or_init(|| Converted::of(matched)));
+        let dates = Dates::new(cache, matched);
+        let JToken::Object(object) = self.root else {
+            return run(&cache.convert(self.root), &dates);
+        };
+        let mut members = BTreeMap::new();
+        let mut add = |name: &str| {
+            if let (MATCHED_TOKEN, Some(matched)) = (name, matched) {
+                members.insert(name.to_string(), matched.variable().clone());
+            } else if let Some(value) = object.get(name) {
+                members.insert(name.to_string(), cache.convert(value));
             }
-        })
+        };
+        match path.root_fields() {
+            Some(fields) => fields.iter().for_each(|name| add(name)),
+            None => {
+                object.iter().for_each(|(name, _)| add(name));
+                if matched.is_some() {
+                    add(MATCHED_TOKEN);
+                }
+            }
+        }
+        run(&Arc::new(Variable::Object(members)), &dates)
     }
 }
 

@@ -129,14 +129,7 @@ pub(crate) fn ticks_to_utc(ticks: i64) -> DateTime<Utc> {
 }
 
 /// Ticks of a calendar date-time, or `None` when the date does not exist.
-pub(crate) fn civil_ticks(
-    year: i32,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-) -> Option<i64> {
+pub(crate) fn civil_ticks(year: i32, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<i64> {
     let date = NaiveDate::from_ymd_opt(year, month, day)?;
     let days = i64::from(chrono::Datelike::num_days_from_ce(&date)) - 1;
     Some(
@@ -163,8 +156,8 @@ fn parse_microsoft(text: &str) -> Option<(i64, DateKind)> {
         Some(at) => {
             let offset = &inner[at + 1..];
             let hours_ok = offset.get(..2).is_some_and(|h| h.bytes().all(|b| b.is_ascii_digit()));
-            let minutes_ok = offset.len() <= 2
-                || offset.get(2..4).is_some_and(|m| m.bytes().all(|b| b.is_ascii_digit()));
+            let minutes_ok =
+                offset.len() <= 2 || offset.get(2..4).is_some_and(|m| m.bytes().all(|b| b.is_ascii_digit()));
             if !hours_ok || !minutes_ok {
                 return None;
             }
@@ -315,7 +308,10 @@ mod tests {
     fn detects_iso_dates_like_json_net() {
         assert_eq!(iso("2019-02-01T22:46:01Z").unwrap(), "Utc 2019-02-01T22:46:01Z");
         assert_eq!(iso("2019-02-01T22:46:01z").unwrap(), "Utc 2019-02-01T22:46:01Z");
-        assert_eq!(iso("2019-02-01T22:46:01.875").unwrap(), "Unspecified 2019-02-01T22:46:01.875Z");
+        assert_eq!(
+            iso("2019-02-01T22:46:01.875").unwrap(),
+            "Unspecified 2019-02-01T22:46:01.875Z"
+        );
         assert_eq!(iso("2023-10-09T19:18:23+00:00").unwrap(), "Local 2023-10-09T19:18:23Z");
         assert_eq!(iso("2019-02-01T22:46:01+05:30").unwrap(), "Local 2019-02-01T17:16:01Z");
         assert_eq!(iso("2019-02-01T22:46:01-0130").unwrap(), "Local 2019-02-02T00:16:01Z");

@@ -48,7 +48,17 @@ static TIME_ONLY: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 const MONTHS: [&str; 12] = [
-    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
     "december",
 ];
 
@@ -185,7 +195,9 @@ impl Parts {
             None => Some(JsonDate::new(ticks, DateKind::Unspecified, source)),
             Some(offset) => {
                 let utc = ticks - offset;
-                (0..=MAX_TICKS).contains(&utc).then(|| JsonDate::new(utc, DateKind::Local, source))
+                (0..=MAX_TICKS)
+                    .contains(&utc)
+                    .then(|| JsonDate::new(utc, DateKind::Local, source))
             }
         }
     }

@@ -43,11 +43,11 @@ pub enum JToken {
     Object(JObject),
 }
 
-/// A 128-bit Bloom filter of the member names of every object in a token tree, two bits per
+/// A 256-bit Bloom filter of the member names of every object in a token tree, three bits per
 /// name. It answers "might all these names occur?" without false negatives, which lets
 /// normalization skip a template whose type match needs a member the message does not have.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KeyDigest(u128);
+pub struct KeyDigest([u64; 4]);
 
 impl KeyDigest {
     /// The digest of every member name in `token`, at any depth.
@@ -68,21 +68,25 @@ impl KeyDigest {
 
     /// False only when some name of `required` certainly does not occur.
     pub fn may_contain_all(self, required: KeyDigest) -> bool {
-        self.0 & required.0 == required.0
+        self.0.iter().zip(required.0).all(|(have, need)| have & need == need)
     }
 
     fn add(&mut self, name: &str) {
-        // A cheap hash of the length and the first and last eight bytes; names that differ only
-        // in the middle share bits, which costs a wasted evaluation, never a missed match.
-        let bytes = name.as_bytes();
-        let mut head = [0u8; 8];
-        let mut tail = [0u8; 8];
-        let take = bytes.len().min(8);
-        head[..take].copy_from_slice(&bytes[..take]);
-        tail[..take].copy_from_slice(&bytes[bytes.len() - take..]);
-        let mixed = u64::from_le_bytes(head) ^ u64::from_le_bytes(tail).rotate_left(29) ^ bytes.len() as u64;
-        let hash = mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 |= 1u128 << (hash >> 57) | 1u128 << ((hash >> 50) & 127);
+        // 64-bit multiply-xor over 8-byte chunks, then murmur3's finalizer.
+        let mut hash = name.len() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+        for chunk in name.as_bytes().chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            hash = (hash ^ u64::from_le_bytes(word))
+                .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+                .rotate_left(31);
+        }
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        for bit in [hash & 255, (hash >> 8) & 255, (hash >> 16) & 255] {
+            self.0[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
     }
 
     fn add_token(&mut self, token: &JToken) {
@@ -331,7 +335,10 @@ mod tests {
         let pairs: Vec<_> = object.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         assert_eq!(
             pairs,
-            vec![("a".to_string(), JToken::Integer(3)), ("b".to_string(), JToken::Integer(2))]
+            vec![
+                ("a".to_string(), JToken::Integer(3)),
+                ("b".to_string(), JToken::Integer(2))
+            ]
         );
     }
 }

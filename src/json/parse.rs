@@ -43,10 +43,7 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let column = text[line_start..offset].chars().count() + 1;
     (line, column)
 }
@@ -197,9 +194,7 @@ impl Parser<'_> {
 
     fn enter(&self, depth: usize) -> Result<(), ParseError> {
         if depth > self.max_depth {
-            Err(self.error(&format!(
-                "JSON nesting deeper than {MAX_DEPTH} levels is not accepted"
-            )))
+            Err(self.error(&format!("JSON nesting deeper than {MAX_DEPTH} levels is not accepted")))
         } else {
             Ok(())
         }
@@ -566,7 +561,9 @@ mod tests {
 
     #[test]
     fn accepts_json_net_leniency() {
-        let token = parse_token("// device\n{'a': 1, b: [1,2,], /* c */ \"c\": NaN, d: -Infinity, e: 012, f: 0x1F, g: .5,}").unwrap();
+        let token =
+            parse_token("// device\n{'a': 1, b: [1,2,], /* c */ \"c\": NaN, d: -Infinity, e: 012, f: 0x1F, g: .5,}")
+                .unwrap();
         assert_eq!(
             token.to_json(),
             r#"{"a":1,"b":[1,2],"c":"NaN","d":"-Infinity","e":10,"f":31,"g":0.5}"#

@@ -1,7 +1,7 @@
 //! JSON values that remember where they start, so template errors can say `file:line:col`.
 
-use super::parse::{Builder, MAX_DEPTH, ParseError, Trailing, number_token, parse_with};
 use super::JToken;
+use super::parse::{Builder, MAX_DEPTH, ParseError, Trailing, number_token, parse_with};
 
 /// A 1-based line and column (in characters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -64,9 +64,7 @@ impl SpannedJson {
             SpannedJson::Bool(value) => JToken::Bool(*value),
             SpannedJson::Number(number) => number.clone(),
             SpannedJson::String(value) => JToken::string(value.as_str()),
-            SpannedJson::Array(items) => {
-                JToken::Array(items.iter().map(|item| item.value.to_token()).collect())
-            }
+            SpannedJson::Array(items) => JToken::Array(items.iter().map(|item| item.value.to_token()).collect()),
             SpannedJson::Object(members) => JToken::Object(
                 members
                     .iter()
@@ -157,9 +155,13 @@ mod tests {
         let text = "{\n  \"a\": [1, \"x\"],\n\t\"é\": {\"b\": null}\n}";
         let root = parse_spanned(text).unwrap();
         assert_eq!(root.pos, Pos { line: 1, column: 1 });
-        let SpannedJson::Object(members) = &root.value else { panic!() };
+        let SpannedJson::Object(members) = &root.value else {
+            panic!()
+        };
         assert_eq!(members[0].0.pos, Pos { line: 2, column: 3 });
-        let SpannedJson::Array(items) = &members[0].1.value else { panic!() };
+        let SpannedJson::Array(items) = &members[0].1.value else {
+            panic!()
+        };
         assert_eq!(items[1].pos, Pos { line: 2, column: 12 });
         assert_eq!(members[1].0.pos, Pos { line: 3, column: 2 });
         assert_eq!(members[1].1.pos, Pos { line: 3, column: 7 });

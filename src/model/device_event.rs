@@ -77,9 +77,7 @@ impl DeviceEvent {
     /// Parses one input line in the given format.
     pub fn parse(line: &str, format: EventFormat) -> Result<Self, EventParseError> {
         match format {
-            EventFormat::Body => parse_token(line)
-                .map(Self::from_body)
-                .map_err(EventParseError::Json),
+            EventFormat::Body => parse_token(line).map(Self::from_body).map_err(EventParseError::Json),
             EventFormat::Envelope => {
                 let token = parse_token(line).map_err(EventParseError::Json)?;
                 Self::from_envelope(token).map_err(EventParseError::Envelope)

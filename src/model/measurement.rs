@@ -94,8 +94,8 @@ impl Measurement {
 
     /// Reads one Measurement from JSON text, accepting PascalCase or camelCase names.
     pub fn from_json(text: &str) -> Result<Measurement, MeasurementReadError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| MeasurementReadError(format!("not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| MeasurementReadError(format!("not valid JSON: {e}")))?;
         Measurement::from_value(&value)
     }
 
@@ -115,17 +115,14 @@ impl Measurement {
             match field(name) {
                 None => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(MeasurementReadError(format!(
-                    "{name} must be a string, found {other}"
-                ))),
+                Some(other) => Err(MeasurementReadError(format!("{name} must be a string, found {other}"))),
             }
         };
         let time = |name: &str| -> Result<Option<DateTime<Utc>>, MeasurementReadError> {
             text(name)?
                 .map(|s| {
-                    parse_utc_lenient(&s).ok_or_else(|| {
-                        MeasurementReadError(format!("{name} is not a valid timestamp: {s:?}"))
-                    })
+                    parse_utc_lenient(&s)
+                        .ok_or_else(|| MeasurementReadError(format!("{name} is not a valid timestamp: {s:?}")))
                 })
                 .transpose()
         };
@@ -135,10 +132,7 @@ impl Measurement {
 
         let properties = match field("Properties") {
             None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(read_property)
-                .collect::<Result<_, _>>()?,
+            Some(Value::Array(items)) => items.iter().map(read_property).collect::<Result<_, _>>()?,
             Some(_) => return Err(MeasurementReadError("Properties must be an array".into())),
         };
         Ok(Measurement {
@@ -175,9 +169,7 @@ fn read_property(item: &Value) -> Result<MeasurementProperty, MeasurementReadErr
         Some(Value::Bool(true)) => "True".to_string(),
         Some(Value::Bool(false)) => "False".to_string(),
         _ => {
-            return Err(MeasurementReadError(format!(
-                "property {name:?} needs a string Value"
-            )));
+            return Err(MeasurementReadError(format!("property {name:?} needs a string Value")));
         }
     };
     Ok(MeasurementProperty { name, value })

@@ -83,14 +83,23 @@ mod tests {
 
     #[test]
     fn formats_trimmed_rfc3339() {
-        assert_eq!(format_utc(utc("2019-02-01T22:46:01.8750000Z")), "2019-02-01T22:46:01.875Z");
+        assert_eq!(
+            format_utc(utc("2019-02-01T22:46:01.8750000Z")),
+            "2019-02-01T22:46:01.875Z"
+        );
         assert_eq!(format_utc(utc("2019-02-01T22:46:01Z")), "2019-02-01T22:46:01Z");
-        assert_eq!(format_utc(utc("2019-02-01T22:46:01.1234567Z")), "2019-02-01T22:46:01.1234567Z");
+        assert_eq!(
+            format_utc(utc("2019-02-01T22:46:01.1234567Z")),
+            "2019-02-01T22:46:01.1234567Z"
+        );
     }
 
     #[test]
     fn formats_round_trip_with_seven_digits() {
-        assert_eq!(format_round_trip(utc("2019-01-01T00:00:00Z")), "2019-01-01T00:00:00.0000000Z");
+        assert_eq!(
+            format_round_trip(utc("2019-01-01T00:00:00Z")),
+            "2019-01-01T00:00:00.0000000Z"
+        );
         assert_eq!(
             format_round_trip(utc("2019-01-01T00:59:59.9999999Z")),
             "2019-01-01T00:59:59.9999999Z"
@@ -99,7 +108,10 @@ mod tests {
 
     #[test]
     fn reads_offsets_and_offsetless_times_as_utc() {
-        assert_eq!(format_utc(utc("2023-03-13T22:46:01.8750000")), "2023-03-13T22:46:01.875Z");
+        assert_eq!(
+            format_utc(utc("2023-03-13T22:46:01.8750000")),
+            "2023-03-13T22:46:01.875Z"
+        );
         assert_eq!(format_utc(utc("2023-03-13T22:46:01+02:00")), "2023-03-13T20:46:01Z");
         assert_eq!(format_utc(utc("2023-03-13 22:46:01")), "2023-03-13T22:46:01Z");
         assert!(parse_utc_lenient("yesterday").is_none());

@@ -71,10 +71,15 @@ fn error_records_keep_the_documented_member_order() {
     let dir = TempDir::new("cli");
     let mapping = template(&dir, HEART_RATE);
     let mut command = iomt();
-    command.args(["normalize", "--input", "-", "--device-mapping"]).arg(&mapping);
+    command
+        .args(["normalize", "--input", "-", "--device-mapping"])
+        .arg(&mapping);
     let output = run_with_stdin(command, "nope\n");
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.starts_with(r#"{"line":1,"error":"InvalidDataFormatException","message":"#), "{stderr}");
+    assert!(
+        stderr.starts_with(r#"{"line":1,"error":"InvalidDataFormatException","message":"#),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -118,14 +123,22 @@ fn envelope_format_and_errors_file() {
     assert_eq!(measurements[0]["DeviceId"], "dev-1");
     assert_eq!(measurements[1]["OccurrenceTimeUtc"], "2019-02-01T22:46:02Z");
     let errors = std::fs::read_to_string(&errors).unwrap();
-    assert!(errors.contains(r#""line":3"#) && errors.contains("InvalidDataFormatException"), "{errors}");
+    assert!(
+        errors.contains(r#""line":3"#) && errors.contains("InvalidDataFormatException"),
+        "{errors}"
+    );
 }
 
 #[test]
 fn invalid_template_or_arguments_exit_2() {
     let dir = TempDir::new("cli");
     let mapping = template(&dir, r#"{"templateType":"CollectionContent","template":{}}"#);
-    let output = iomt().arg("normalize").arg("--device-mapping").arg(&mapping).output().unwrap();
+    let output = iomt()
+        .arg("normalize")
+        .arg("--device-mapping")
+        .arg(&mapping)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
@@ -134,7 +147,10 @@ fn invalid_template_or_arguments_exit_2() {
     );
     let output = iomt().args(["normalize", "--format", "xml"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
-    let output = iomt().args(["normalize", "--device-mapping", "/nonexistent.json"]).output().unwrap();
+    let output = iomt()
+        .args(["normalize", "--device-mapping", "/nonexistent.json"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
 
