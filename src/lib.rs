@@ -14,3 +14,4 @@ pub mod device;
 pub mod expr;
 pub mod json;
 pub mod model;
+pub mod template;

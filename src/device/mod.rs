@@ -13,8 +13,9 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 
 use crate::expr::{Expression, JmesCache};
-use crate::json::{KeyDigest, ParseError, Pos, parse_spanned};
+use crate::json::{KeyDigest, ParseError, parse_spanned};
 use crate::model::{DeviceEvent, Measurement};
+pub use crate::template::TemplateError;
 
 /// A validated device-mapping template: the templates of a `CollectionContent`, in order.
 #[derive(Debug)]
@@ -89,28 +90,6 @@ struct ValueTemplate {
     name: String,
     expression: Expression,
     required: bool,
-}
-
-/// A problem in a template, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateError {
-    /// Position in the template text.
-    pub pos: Pos,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl TemplateError {
-    /// An error at `pos`.
-    pub fn at(pos: Pos, message: String) -> Self {
-        TemplateError { pos, message }
-    }
-}
-
-impl fmt::Display for TemplateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.pos, self.message)
-    }
 }
 
 /// Why one device event produced no Measurements.

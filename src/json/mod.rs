@@ -9,7 +9,7 @@
 mod date;
 mod dotnet_datetime;
 mod number;
-mod parse;
+pub(crate) mod parse;
 mod spanned;
 
 pub use date::{DateKind, JsonDate};
