@@ -10,8 +10,7 @@ use super::io::{lines, open_errors, open_input, stdout, write_error_record};
 use super::templates::load_device_template;
 use super::{EXIT_OK, EXIT_USAGE, FormatArg, input_path, now};
 use crate::device::NormalizeError;
-use crate::json::parse_message;
-use crate::model::DeviceEvent;
+use crate::model::{DeviceEvent, EventFormat, EventParseError};
 
 /// Arguments of `iomt normalize`.
 #[derive(Debug, Args)]
@@ -30,16 +29,16 @@ pub struct NormalizeArgs {
     errors: Option<PathBuf>,
 }
 
-/// Parses one input line into an event. A body is read as `JToken.ReadFrom` reads it (text after
-/// the first value is ignored); an envelope allows for its one extra level of nesting.
+/// Parses one input line into an event.
 pub fn parse_event(line: &str, format: FormatArg) -> Result<DeviceEvent, NormalizeError> {
-    match format {
-        FormatArg::Body => Ok(DeviceEvent::from_body(parse_message(line, 0)?)),
-        FormatArg::Envelope => {
-            let token = parse_message(line, 1)?;
-            DeviceEvent::from_envelope(token).map_err(|detail| NormalizeError::invalid_envelope(&detail))
-        }
-    }
+    let format = match format {
+        FormatArg::Body => EventFormat::Body,
+        FormatArg::Envelope => EventFormat::Envelope,
+    };
+    DeviceEvent::parse(line, format).map_err(|error| match error {
+        EventParseError::Json(error) => NormalizeError::from(error),
+        EventParseError::Envelope(detail) => NormalizeError::invalid_envelope(&detail),
+    })
 }
 
 pub fn run(args: NormalizeArgs) -> anyhow::Result<u8> {

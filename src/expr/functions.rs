@@ -6,8 +6,11 @@
 //! ``multiply(`78`, `0.0254`)`` gives the documented `1.9812` rather than binary noise
 //! (`1.9811999999999999`); values outside `decimal`'s range fall back to IEEE arithmetic.
 //! Argument positions in messages count from 0, as the original's do.
+//!
+//! The functions work on [`Arg`]s and return [`Out`]s, so the same code serves the `jmespath`
+//! crate's runtime (through [`register_custom_functions`]) and the direct evaluator of simple
+//! expressions.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use jmespath::{Context, ErrorReason, JmespathError, Rcvar, Runtime, Variable};
@@ -16,152 +19,211 @@ use serde_json::Number;
 
 use crate::json::JsonDate;
 
-type Outcome = Result<Rcvar, JmespathError>;
-
-/// Registers `add`, `subtract`, `multiply`, `divide`, `pow`, `insertString`, `appendString`,
-/// `fromUnixTimestamp` and `fromUnixTimestampMs`.
-pub fn register_custom_functions(runtime: &mut Runtime) {
-    runtime.register_function(
-        "add",
-        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-            arithmetic("add", args, ctx, i64::wrapping_add, Decimal::checked_add, |a, b| a + b)
-        }),
-    );
-    runtime.register_function(
-        "subtract",
-        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-            arithmetic(
-                "subtract",
-                args,
-                ctx,
-                i64::wrapping_sub,
-                Decimal::checked_sub,
-                |a, b| a - b,
-            )
-        }),
-    );
-    runtime.register_function(
-        "multiply",
-        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| {
-            arithmetic(
-                "multiply",
-                args,
-                ctx,
-                i64::wrapping_mul,
-                Decimal::checked_mul,
-                |a, b| a * b,
-            )
-        }),
-    );
-    runtime.register_function("divide", Box::new(divide));
-    runtime.register_function("pow", Box::new(pow));
-    runtime.register_function("insertString", Box::new(insert_string));
-    runtime.register_function("appendString", Box::new(append_string));
-    runtime.register_function(
-        "fromUnixTimestamp",
-        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| from_unix("fromUnixTimestamp", 1000, args, ctx)),
-    );
-    runtime.register_function(
-        "fromUnixTimestampMs",
-        Box::new(|args: &[Rcvar], ctx: &mut Context<'_>| from_unix("fromUnixTimestampMs", 1, args, ctx)),
-    );
+/// The custom functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Custom {
+    /// `add(number, number)`.
+    Add,
+    /// `subtract(number, number)`.
+    Subtract,
+    /// `multiply(number, number)`.
+    Multiply,
+    /// `divide(number, number)`.
+    Divide,
+    /// `pow(number, number)`.
+    Pow,
+    /// `insertString(string, string, integer)`.
+    InsertString,
+    /// `appendString(string, string)`.
+    AppendString,
+    /// `fromUnixTimestamp(integer)`.
+    FromUnixTimestamp,
+    /// `fromUnixTimestampMs(integer)`.
+    FromUnixTimestampMs,
 }
 
-/// A JMESPath number as Json.NET types it.
+impl Custom {
+    /// Every custom function.
+    pub const ALL: [Custom; 9] = [
+        Custom::Add,
+        Custom::Subtract,
+        Custom::Multiply,
+        Custom::Divide,
+        Custom::Pow,
+        Custom::InsertString,
+        Custom::AppendString,
+        Custom::FromUnixTimestamp,
+        Custom::FromUnixTimestampMs,
+    ];
+
+    /// The name templates call it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Custom::Add => "add",
+            Custom::Subtract => "subtract",
+            Custom::Multiply => "multiply",
+            Custom::Divide => "divide",
+            Custom::Pow => "pow",
+            Custom::InsertString => "insertString",
+            Custom::AppendString => "appendString",
+            Custom::FromUnixTimestamp => "fromUnixTimestamp",
+            Custom::FromUnixTimestampMs => "fromUnixTimestampMs",
+        }
+    }
+
+    /// The function called `name`.
+    pub fn named(name: &str) -> Option<Custom> {
+        Custom::ALL.into_iter().find(|function| function.name() == name)
+    }
+
+    /// Number of arguments.
+    pub fn arity(self) -> usize {
+        match self {
+            Custom::InsertString => 3,
+            Custom::FromUnixTimestamp | Custom::FromUnixTimestampMs => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// An argument, as the functions distinguish them (Json.NET token types).
+#[derive(Debug, Clone, Copy)]
+pub enum Arg<'a> {
+    /// An integer.
+    Int(i64),
+    /// A double.
+    Float(f64),
+    /// A string.
+    Str(&'a str),
+    /// Anything else (null, boolean, array, object, or a number JMESPath cannot hold).
+    Other,
+}
+
+/// A function result.
+#[derive(Debug, Clone)]
+pub enum Out {
+    /// An integer.
+    Int(i64),
+    /// A finite double.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// A UTC date (the `fromUnixTimestamp` functions).
+    Date(JsonDate),
+}
+
+/// Calls `function`; errors carry the original's texts.
+pub fn call(function: Custom, args: &[Arg<'_>]) -> Result<Out, String> {
+    let name = function.name();
+    if args.len() != function.arity() {
+        return Err(format!(
+            "Incorrect number of arguments provided to function {name}. Expected {} but received {}",
+            function.arity(),
+            args.len()
+        ));
+    }
+    let out = match function {
+        Custom::Add => arithmetic(name, args, i64::wrapping_add, Decimal::checked_add, |a, b| a + b)?,
+        Custom::Subtract => arithmetic(name, args, i64::wrapping_sub, Decimal::checked_sub, |a, b| a - b)?,
+        Custom::Multiply => arithmetic(name, args, i64::wrapping_mul, Decimal::checked_mul, |a, b| a * b)?,
+        Custom::Divide => divide(args)?,
+        Custom::Pow => pow(args)?,
+        Custom::InsertString => insert_string(args)?,
+        Custom::AppendString => Out::Str(format!("{}{}", string_arg(name, args, 0)?, string_arg(name, args, 1)?)),
+        Custom::FromUnixTimestamp => from_unix(name, 1000, args)?,
+        Custom::FromUnixTimestampMs => from_unix(name, 1, args)?,
+    };
+    match out {
+        Out::Float(value) if !value.is_finite() => {
+            Err(format!("Error: function {name} produced a number that is not finite"))
+        }
+        out => Ok(out),
+    }
+}
+
+/// Registers the custom functions with the crate's runtime.
+pub fn register_custom_functions(runtime: &mut Runtime) {
+    for function in Custom::ALL {
+        runtime.register_function(
+            function.name(),
+            Box::new(move |args: &[Rcvar], ctx: &mut Context<'_>| {
+                let args: Vec<Arg<'_>> = args.iter().map(|arg| variable_arg(arg)).collect();
+                match call(function, &args) {
+                    Ok(out) => Ok(out_variable(out)),
+                    // Carried in a `Parse` reason so the exact text reaches the caller.
+                    Err(message) => Err(JmespathError::from_ctx(ctx, ErrorReason::Parse(message))),
+                }
+            }),
+        );
+    }
+}
+
+fn variable_arg(variable: &Rcvar) -> Arg<'_> {
+    match &**variable {
+        Variable::Number(number) if number.is_f64() => Arg::Float(number.as_f64().unwrap_or(f64::NAN)),
+        Variable::Number(number) => number.as_i64().map_or(Arg::Other, Arg::Int),
+        Variable::String(text) => Arg::Str(text),
+        _ => Arg::Other,
+    }
+}
+
+fn out_variable(out: Out) -> Rcvar {
+    match out {
+        Out::Int(value) => Arc::new(Variable::Number(Number::from(value))),
+        Out::Float(value) => Arc::new(Number::from_f64(value).map_or(Variable::Null, Variable::Number)),
+        Out::Str(text) => Arc::new(Variable::String(text)),
+        Out::Date(date) => super::jmespath::created_date(date),
+    }
+}
+
+/// A number as Json.NET types it.
 #[derive(Clone, Copy)]
 enum Num {
     Int(i64),
     Float(f64),
 }
 
-fn fail(ctx: &Context<'_>, message: String) -> JmespathError {
-    JmespathError::from_ctx(ctx, ErrorReason::Parse(message))
-}
-
-fn expect_arity(name: &str, args: &[Rcvar], count: usize, ctx: &Context<'_>) -> Result<(), JmespathError> {
-    if args.len() == count {
-        Ok(())
-    } else {
-        Err(fail(
-            ctx,
-            format!(
-                "Incorrect number of arguments provided to function {name}. Expected {count} but received {}",
-                args.len()
-            ),
-        ))
-    }
-}
-
-fn number_arg(name: &str, args: &[Rcvar], index: usize, ctx: &Context<'_>) -> Result<Num, JmespathError> {
-    match &*args[index] {
-        Variable::Number(number) if number.is_f64() => Ok(Num::Float(number.as_f64().unwrap_or(f64::NAN))),
-        Variable::Number(number) => number
-            .as_i64()
-            .map(Num::Int)
-            .ok_or_else(|| fail(ctx, format!("Error: function {name} argument {index} is out of range"))),
-        _ => Err(fail(
-            ctx,
-            format!(
-                "Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer|Float"
-            ),
+fn number_arg(name: &str, args: &[Arg<'_>], index: usize) -> Result<Num, String> {
+    match args[index] {
+        Arg::Int(value) => Ok(Num::Int(value)),
+        Arg::Float(value) => Ok(Num::Float(value)),
+        _ => Err(format!(
+            "Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer|Float"
         )),
     }
 }
 
-fn integer_arg(name: &str, args: &[Rcvar], index: usize, ctx: &Context<'_>) -> Result<i64, JmespathError> {
-    match &*args[index] {
-        Variable::Number(number) if !number.is_f64() => number
-            .as_i64()
-            .ok_or_else(|| fail(ctx, format!("Error: function {name} argument {index} is out of range"))),
-        _ => Err(fail(
-            ctx,
-            format!(
-                "Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer"
-            ),
+fn integer_arg(name: &str, args: &[Arg<'_>], index: usize) -> Result<i64, String> {
+    match args[index] {
+        Arg::Int(value) => Ok(value),
+        _ => Err(format!(
+            "Error: invalid-type, function {name} expects argument {index} to be one of the following: Integer"
         )),
     }
 }
 
-fn string_arg<'a>(name: &str, args: &'a [Rcvar], index: usize, ctx: &Context<'_>) -> Result<&'a str, JmespathError> {
-    match &*args[index] {
-        Variable::String(value) => Ok(value),
-        _ => Err(fail(
-            ctx,
-            format!("Error: invalid-type, function {name} expects argument {index} to be one of the following: String"),
+fn string_arg<'a>(name: &str, args: &[Arg<'a>], index: usize) -> Result<&'a str, String> {
+    match args[index] {
+        Arg::Str(value) => Ok(value),
+        _ => Err(format!(
+            "Error: invalid-type, function {name} expects argument {index} to be one of the following: String"
         )),
-    }
-}
-
-fn number_result(name: &str, value: Num, ctx: &Context<'_>) -> Outcome {
-    match value {
-        Num::Int(value) => Ok(Arc::new(Variable::Number(Number::from(value)))),
-        Num::Float(value) => Number::from_f64(value)
-            .map(|number| Arc::new(Variable::Number(number)))
-            .ok_or_else(|| {
-                fail(
-                    ctx,
-                    format!("Error: function {name} produced a number that is not finite"),
-                )
-            }),
     }
 }
 
 fn arithmetic(
     name: &str,
-    args: &[Rcvar],
-    ctx: &mut Context<'_>,
+    args: &[Arg<'_>],
     integers: impl Fn(i64, i64) -> i64,
     decimals: impl Fn(Decimal, Decimal) -> Option<Decimal>,
     floats: impl Fn(f64, f64) -> f64,
-) -> Outcome {
-    expect_arity(name, args, 2, ctx)?;
-    let left = number_arg(name, args, 0, ctx)?;
-    let right = number_arg(name, args, 1, ctx)?;
-    let value = match (left, right) {
-        (Num::Int(a), Num::Int(b)) => Num::Int(integers(a, b)),
-        (a, b) => Num::Float(decimal_op(a, b, &decimals).unwrap_or_else(|| floats(as_f64(a), as_f64(b)))),
-    };
-    number_result(name, value, ctx)
+) -> Result<Out, String> {
+    let left = number_arg(name, args, 0)?;
+    let right = number_arg(name, args, 1)?;
+    Ok(match (left, right) {
+        (Num::Int(a), Num::Int(b)) => Out::Int(integers(a, b)),
+        (a, b) => Out::Float(decimal_op(a, b, &decimals).unwrap_or_else(|| floats(as_f64(a), as_f64(b)))),
+    })
 }
 
 /// The operation on exact decimals of both operands, when they and the result fit `decimal`.
@@ -174,11 +236,11 @@ fn to_decimal(value: Num) -> Option<Decimal> {
     match value {
         Num::Int(value) => Some(Decimal::from(value)),
         Num::Float(value) if value.is_finite() => {
-            let mut buffer = [0u8; 64];
+            let mut buffer = [0u8; 40];
             let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-            std::io::Write::write_fmt(&mut cursor, format_args!("{value}")).ok()?;
+            std::io::Write::write_fmt(&mut cursor, format_args!("{value:e}")).ok()?;
             let written = cursor.position() as usize;
-            Decimal::from_str(std::str::from_utf8(&buffer[..written]).ok()?).ok()
+            Decimal::from_scientific(std::str::from_utf8(&buffer[..written]).ok()?).ok()
         }
         Num::Float(_) => None,
     }
@@ -208,92 +270,66 @@ fn as_f64(value: Num) -> f64 {
 
 /// True quotient (decision P2): `divide(40, 50)` is 0.8, `divide(10, 2)` is the integer 5, and a
 /// zero divisor is an error.
-fn divide(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
-    expect_arity("divide", args, 2, ctx)?;
-    let left = number_arg("divide", args, 0, ctx)?;
-    let right = number_arg("divide", args, 1, ctx)?;
+fn divide(args: &[Arg<'_>]) -> Result<Out, String> {
+    let left = number_arg("divide", args, 0)?;
+    let right = number_arg("divide", args, 1)?;
     if as_f64(right) == 0.0 {
-        return Err(fail(
-            ctx,
-            "Error: function divide attempted to divide by zero".to_string(),
-        ));
+        return Err("Error: function divide attempted to divide by zero".to_string());
     }
-    let value = match (left, right) {
+    Ok(match (left, right) {
         (Num::Int(a), Num::Int(b)) if a.checked_rem(b) == Some(0) => {
-            a.checked_div(b).map_or(Num::Float(a as f64 / b as f64), Num::Int)
+            a.checked_div(b).map_or(Out::Float(a as f64 / b as f64), Out::Int)
         }
-        (a, b) => Num::Float(decimal_op(a, b, Decimal::checked_div).unwrap_or_else(|| as_f64(a) / as_f64(b))),
-    };
-    number_result("divide", value, ctx)
+        (a, b) => Out::Float(decimal_op(a, b, Decimal::checked_div).unwrap_or_else(|| as_f64(a) / as_f64(b))),
+    })
 }
 
 /// `Math.Pow`; with two integers the result goes through `Convert.ToInt64`, which rounds half to
 /// even and overflows outside the 64-bit range.
-fn pow(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
-    expect_arity("pow", args, 2, ctx)?;
-    let left = number_arg("pow", args, 0, ctx)?;
-    let right = number_arg("pow", args, 1, ctx)?;
-    let value = match (left, right) {
+fn pow(args: &[Arg<'_>]) -> Result<Out, String> {
+    let left = number_arg("pow", args, 0)?;
+    let right = number_arg("pow", args, 1)?;
+    Ok(match (left, right) {
         (Num::Int(a), Num::Int(b)) => {
             let rounded = (a as f64).powf(b as f64).round_ties_even();
             if !(rounded.is_finite() && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&rounded)) {
-                return Err(fail(
-                    ctx,
+                return Err(
                     "Error: function pow overflowed: Value was either too large or too small for an Int64.".to_string(),
-                ));
+                );
             }
-            Num::Int(rounded as i64)
+            Out::Int(rounded as i64)
         }
-        (a, b) => Num::Float(as_f64(a).powf(as_f64(b))),
-    };
-    number_result("pow", value, ctx)
+        (a, b) => Out::Float(as_f64(a).powf(as_f64(b))),
+    })
 }
 
 /// `string.Insert` on UTF-16 code units, as .NET strings are indexed.
-fn insert_string(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
-    expect_arity("insertString", args, 3, ctx)?;
-    let original = string_arg("insertString", args, 0, ctx)?;
-    let inserted = string_arg("insertString", args, 1, ctx)?;
-    let position = integer_arg("insertString", args, 2, ctx)?;
+fn insert_string(args: &[Arg<'_>]) -> Result<Out, String> {
+    let original = string_arg("insertString", args, 0)?;
+    let inserted = string_arg("insertString", args, 1)?;
+    let position = integer_arg("insertString", args, 2)?;
     let mut units: Vec<u16> = original.encode_utf16().collect();
     let index = usize::try_from(position)
         .ok()
         .filter(|&index| index <= units.len())
         .ok_or_else(|| {
-            fail(
-                ctx,
-                format!(
-                    "Error: function insertString position {position} is outside the string (length {}): Specified argument was out of the range of valid values. (Parameter 'startIndex')",
-                    units.len()
-                ),
+            format!(
+                "Error: function insertString position {position} is outside the string (length {}): Specified argument was out of the range of valid values. (Parameter 'startIndex')",
+                units.len()
             )
         })?;
     units.splice(index..index, inserted.encode_utf16());
-    Ok(Arc::new(Variable::String(String::from_utf16_lossy(&units))))
+    Ok(Out::Str(String::from_utf16_lossy(&units)))
 }
 
-/// String concatenation.
-fn append_string(args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
-    expect_arity("appendString", args, 2, ctx)?;
-    let original = string_arg("appendString", args, 0, ctx)?;
-    let appended = string_arg("appendString", args, 1, ctx)?;
-    Ok(Arc::new(Variable::String(format!("{original}{appended}"))))
-}
-
-/// Returns the UTC date as ISO text, which the evaluator reads back as a date token.
-fn from_unix(name: &str, millis_per_unit: i64, args: &[Rcvar], ctx: &mut Context<'_>) -> Outcome {
-    expect_arity(name, args, 1, ctx)?;
-    let value = integer_arg(name, args, 0, ctx)?;
-    let date = value
+/// A UTC date from seconds (or milliseconds) since the Unix epoch.
+fn from_unix(name: &str, millis_per_unit: i64, args: &[Arg<'_>]) -> Result<Out, String> {
+    let value = integer_arg(name, args, 0)?;
+    value
         .checked_mul(millis_per_unit)
         .and_then(JsonDate::from_unix_millis)
-        .ok_or_else(|| {
-            fail(
-                ctx,
-                format!("Error: function {name} argument {value} is outside the range of valid dates"),
-            )
-        })?;
-    Ok(super::jmespath::created_date(date))
+        .map(Out::Date)
+        .ok_or_else(|| format!("Error: function {name} argument {value} is outside the range of valid dates"))
 }
 
 #[cfg(test)]

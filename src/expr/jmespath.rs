@@ -1,6 +1,7 @@
 //! JMESPath through the `jmespath` crate, with JmesPath.Net's result rules and the original's
 //! custom functions (compat.md §4.4, §4.5).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::{Arc, LazyLock};
 
@@ -8,8 +9,8 @@ use jmespath::ast::Ast;
 use jmespath::{Context, ErrorReason, Expression, Rcvar, Runtime, Variable, interpret};
 use serde_json::Number;
 
-use super::functions::register_custom_functions;
-use super::{ExpressionError, Selection};
+use super::functions::{self, Arg, Custom, Out, register_custom_functions};
+use super::{ExpressionError, MATCHED_TOKEN, Scope, Selection};
 use crate::json::{JToken, JsonDate};
 
 /// Longest expression accepted; real templates are far shorter, and the bound keeps hostile
@@ -27,7 +28,8 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
     runtime
 });
 
-/// Built-in functions and their accepted argument counts (`None` = variadic).
+/// Built-in functions and their accepted argument counts (`None` = variadic). The custom
+/// functions report their own arity.
 const BUILTIN_ARITY: &[(&str, usize, Option<usize>)] = &[
     ("abs", 1, Some(1)),
     ("avg", 1, Some(1)),
@@ -55,15 +57,6 @@ const BUILTIN_ARITY: &[(&str, usize, Option<usize>)] = &[
     ("to_string", 1, Some(1)),
     ("type", 1, Some(1)),
     ("values", 1, Some(1)),
-    ("add", 2, Some(2)),
-    ("subtract", 2, Some(2)),
-    ("multiply", 2, Some(2)),
-    ("divide", 2, Some(2)),
-    ("pow", 2, Some(2)),
-    ("insertString", 3, Some(3)),
-    ("appendString", 2, Some(2)),
-    ("fromUnixTimestamp", 1, Some(1)),
-    ("fromUnixTimestampMs", 1, Some(1)),
 ];
 
 /// A compiled JMESPath expression.
@@ -71,6 +64,95 @@ pub struct JmesPath {
     expression: Expression<'static>,
     projection: bool,
     root_fields: Option<Vec<String>>,
+    direct: Option<Direct>,
+}
+
+/// The expressions evaluated directly on the token tree, without converting data to the crate's
+/// variables: field chains, literals, and custom-function calls on such arguments. They mean the
+/// same either way (a missing field or a field of a non-object is `null`); the crate handles
+/// everything else.
+#[derive(Debug)]
+enum Direct {
+    Fields(Vec<String>),
+    Literal(JToken),
+    Call(Custom, Vec<Direct>),
+}
+
+impl Direct {
+    fn of(ast: &Ast) -> Option<Direct> {
+        match ast {
+            Ast::Field { name, .. } => Some(Direct::Fields(vec![name.clone()])),
+            Ast::Subexpr { lhs, rhs, .. } => match (Direct::of(lhs)?, Direct::of(rhs)?) {
+                (Direct::Fields(mut head), Direct::Fields(tail)) => {
+                    head.extend(tail);
+                    Some(Direct::Fields(head))
+                }
+                _ => None,
+            },
+            Ast::Literal { value, .. } => Some(Direct::Literal(from_variable(
+                value,
+                &Dates::new(&JmesCache::default(), None),
+                &[],
+            ))),
+            Ast::Function { name, args, .. } => {
+                let function = Custom::named(name)?;
+                let args = args.iter().map(Direct::of).collect::<Option<Vec<_>>>()?;
+                Some(Direct::Call(function, args))
+            }
+            _ => None,
+        }
+    }
+
+    fn evaluate<'a>(&self, scope: &Scope<'a>) -> Result<Cow<'a, JToken>, String> {
+        match self {
+            Direct::Fields(names) => {
+                let (first, rest) = names.split_first().expect("a field chain has a field");
+                let mut token = match scope.matched() {
+                    Some(matched) if first == MATCHED_TOKEN => Some(matched),
+                    _ => scope.root().get(first),
+                };
+                for name in rest {
+                    token = token.and_then(|token| token.get(name));
+                }
+                Ok(token.map_or(Cow::Owned(JToken::Null), Cow::Borrowed))
+            }
+            Direct::Literal(value) => Ok(Cow::Owned(value.clone())),
+            Direct::Call(function, args) => {
+                // At most three arguments (arity is checked at load): no heap allocation.
+                let mut values: [Cow<'a, JToken>; 3] = std::array::from_fn(|_| Cow::Owned(JToken::Null));
+                for (slot, arg) in values.iter_mut().zip(args) {
+                    *slot = arg.evaluate(scope)?;
+                }
+                let values = &values[..args.len()];
+                let mut typed = [Arg::Other; 3];
+                for (slot, value) in typed.iter_mut().zip(values) {
+                    *slot = token_arg(value);
+                }
+                Ok(Cow::Owned(match functions::call(*function, &typed[..args.len()])? {
+                    Out::Int(value) => JToken::Integer(value),
+                    Out::Float(value) => JToken::Float(value),
+                    Out::Str(text) => JToken::string(text),
+                    Out::Date(date) => JToken::Date(Box::new(date)),
+                }))
+            }
+        }
+    }
+}
+
+/// A token as a custom-function argument, typed as the crate's conversion would type it.
+fn token_arg(token: &JToken) -> Arg<'_> {
+    match token {
+        JToken::Integer(value) => Arg::Int(*value),
+        JToken::BigInteger(digits) => digits
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map_or(Arg::Other, Arg::Float),
+        JToken::Float(value) if value.is_finite() => Arg::Float(*value),
+        JToken::String(text) => Arg::Str(text),
+        JToken::Date(date) => Arg::Str(date.source()),
+        _ => Arg::Other,
+    }
 }
 
 impl std::fmt::Debug for JmesPath {
@@ -100,10 +182,12 @@ impl JmesPath {
             fields.dedup();
             fields
         });
+        let direct = Direct::of(expression.as_ast());
         Ok(JmesPath {
             expression,
             projection,
             root_fields,
+            direct,
         })
     }
 
@@ -118,6 +202,21 @@ impl JmesPath {
         let mut keys = Vec::new();
         needed_fields(self.expression.as_ast(), &mut keys);
         keys
+    }
+
+    /// Evaluates a simple expression directly on the scope's tokens (see [`Direct`]): `None` when
+    /// the expression needs the crate. A `null` result is nothing.
+    pub(super) fn select_direct<'a>(
+        &self,
+        scope: &Scope<'a>,
+    ) -> Option<Result<Option<Cow<'a, JToken>>, ExpressionError>> {
+        let direct = self.direct.as_ref()?;
+        Some(
+            direct
+                .evaluate(scope)
+                .map(|token| (!matches!(*token, JToken::Null)).then_some(token))
+                .map_err(ExpressionError::Evaluate),
+        )
     }
 
     /// The root members the expression reads, or `None` when it may read the whole root (it
@@ -519,7 +618,14 @@ fn check_functions(ast: &Ast) -> Result<(), String> {
     let mut pending = vec![ast];
     while let Some(node) = pending.pop() {
         if let Ast::Function { name, args, .. } = node {
-            let Some(&(_, min, max)) = BUILTIN_ARITY.iter().find(|(known, ..)| known == name) else {
+            let arity = match Custom::named(name) {
+                Some(custom) => Some((custom.arity(), Some(custom.arity()))),
+                None => BUILTIN_ARITY
+                    .iter()
+                    .find(|(known, ..)| known == name)
+                    .map(|&(_, min, max)| (min, max)),
+            };
+            let Some((min, max)) = arity else {
                 return Err(format!("Unknown function: {name}."));
             };
             if args.len() < min || max.is_some_and(|max| args.len() > max) {

@@ -974,6 +974,34 @@ impl<'a> Context<'a> {
         )
     }
 
+    /// `node` and its descendants that are objects, in pre-order (what a scan visits, minus the
+    /// property nodes, arrays and scalars an objects-only filter can never match).
+    fn for_each_object(&self, node: Node<'a>, visit: &mut impl FnMut(Node<'a>) -> EvalResult<()>) -> EvalResult<()> {
+        fn walk<'a>(
+            context: &Context<'a>,
+            token: &'a JToken,
+            visit: &mut impl FnMut(Node<'a>) -> EvalResult<()>,
+        ) -> EvalResult<()> {
+            context.spend(1)?;
+            match token {
+                JToken::Object(object) => {
+                    visit(Node::Value(token))?;
+                    object.values().try_for_each(|value| walk(context, value, visit))
+                }
+                JToken::Array(items) => items.iter().try_for_each(|item| walk(context, item, visit)),
+                _ => Ok(()),
+            }
+        }
+        match node {
+            Node::Value(token) => walk(self, token, visit),
+            Node::Property(_, value) => walk(self, value, visit),
+            Node::WrappedRoot => {
+                visit(Node::WrappedRoot)?;
+                self.for_each_property(Node::WrappedRoot, |_, value| walk(self, value, visit))
+            }
+        }
+    }
+
     /// Descendants in pre-order, property nodes included (`JContainer.Descendants()`).
     fn for_each_descendant(
         &self,
@@ -1100,6 +1128,16 @@ fn evaluate<'a>(
                     context.for_each_child(node, &mut |child| {
                         if query.accepts(child) && is_match(&query.expression, context, child)? {
                             next.push(child);
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+            PathFilter::QueryScan(query) if query.objects_only => {
+                for node in current {
+                    context.for_each_object(node, &mut |object| {
+                        if is_match(&query.expression, context, object)? {
+                            next.push(object);
                         }
                         Ok(())
                     })?;

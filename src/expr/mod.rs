@@ -104,7 +104,10 @@ impl Expression {
     pub fn select_tokens<'a>(&self, scope: &Scope<'a>) -> Result<Selection<'a>, ExpressionError> {
         match self {
             Expression::JsonPath(path) => path.select(scope),
-            Expression::JmesPath(path) => scope.with_jmes_root(path, |root, dates| path.evaluate(root, dates)),
+            Expression::JmesPath(path) => match path.select_direct(scope) {
+                Some(result) => Ok(Selection::new(result?.into_iter().map(Selected::Token).collect())),
+                None => scope.with_jmes_root(path, |root, dates| path.evaluate(root, dates)),
+            },
         }
     }
 
@@ -114,6 +117,9 @@ impl Expression {
         match self {
             Expression::JsonPath(path) if path.is_field_path() => return Ok(path.select_fields(scope)),
             Expression::JmesPath(path) => {
+                if let Some(result) = path.select_direct(scope) {
+                    return Ok(result?.map(Selected::Token));
+                }
                 let token = scope.with_jmes_root(path, |root, dates| path.select_one(root, dates))?;
                 return Ok(token.map(|token| Selected::Token(Cow::Owned(token))));
             }

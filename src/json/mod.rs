@@ -15,7 +15,7 @@ mod spanned;
 pub use date::{DateKind, JsonDate};
 pub use dotnet_datetime::parse_dotnet_datetime;
 pub use number::format_double;
-pub use parse::{MAX_DEPTH, ParseError, parse_message, parse_token};
+pub use parse::{MAX_DEPTH, ParseError, parse_message, parse_message_keyed, parse_token};
 pub use spanned::{Pos, Spanned, SpannedJson, parse_spanned};
 
 use std::fmt::Write as _;
@@ -66,12 +66,19 @@ impl KeyDigest {
         digest
     }
 
+    /// The union of two digests.
+    pub fn union(self, other: KeyDigest) -> KeyDigest {
+        let mut bits = self.0;
+        bits.iter_mut().zip(other.0).for_each(|(bit, more)| *bit |= more);
+        KeyDigest(bits)
+    }
+
     /// False only when some name of `required` certainly does not occur.
     pub fn may_contain_all(self, required: KeyDigest) -> bool {
         self.0.iter().zip(required.0).all(|(have, need)| have & need == need)
     }
 
-    fn add(&mut self, name: &str) {
+    pub(crate) fn add(&mut self, name: &str) {
         // 64-bit multiply-xor over 8-byte chunks, then murmur3's finalizer.
         let mut hash = name.len() as u64 ^ 0x9e37_79b9_7f4a_7c15;
         for chunk in name.as_bytes().chunks(8) {

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use super::{JObject, JToken, JsonDate};
+use super::{JObject, JToken, JsonDate, KeyDigest};
 
 /// Deepest container nesting accepted (Json.NET 13's default `JsonReader.MaxDepth`).
 pub const MAX_DEPTH: usize = 64;
@@ -65,13 +65,20 @@ pub(crate) trait Builder {
 /// Parses one JSON document into a [`JToken`], detecting dates as Json.NET does. Text after the
 /// document is an error.
 pub fn parse_token(text: &str) -> Result<JToken, ParseError> {
-    parse_with(text, &mut TokenBuilder, Trailing::Reject, MAX_DEPTH)
+    parse_with(text, &mut TokenBuilder::default(), Trailing::Reject, MAX_DEPTH)
 }
 
 /// Parses the first JSON value of a device message body as `JToken.ReadFrom` does: anything after
 /// that value is not read. `extra_depth` allows for containers wrapped around the body.
 pub fn parse_message(text: &str, extra_depth: usize) -> Result<JToken, ParseError> {
-    parse_with(text, &mut TokenBuilder, Trailing::Ignore, MAX_DEPTH + extra_depth)
+    parse_message_keyed(text, extra_depth).map(|(token, _)| token)
+}
+
+/// [`parse_message`], also returning the digest of every member name read.
+pub fn parse_message_keyed(text: &str, extra_depth: usize) -> Result<(JToken, KeyDigest), ParseError> {
+    let mut builder = TokenBuilder::default();
+    let token = parse_with(text, &mut builder, Trailing::Ignore, MAX_DEPTH + extra_depth)?;
+    Ok((token, builder.keys))
 }
 
 /// What to do with text after the first value.
@@ -409,8 +416,12 @@ impl Parser<'_> {
     }
 }
 
-/// Builds [`JToken`]s: integers, big integers, floats and dates as Json.NET reads them.
-struct TokenBuilder;
+/// Builds [`JToken`]s: integers, big integers, floats and dates as Json.NET reads them; notes
+/// every member name in a digest on the way.
+#[derive(Default)]
+struct TokenBuilder {
+    keys: KeyDigest,
+}
 
 impl Builder for TokenBuilder {
     type Value = JToken;
@@ -436,6 +447,7 @@ impl Builder for TokenBuilder {
     }
 
     fn key(&mut self, value: String, _: usize) -> Box<str> {
+        self.keys.add(&value);
         value.into_boxed_str()
     }
 

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::time::parse_utc_lenient;
-use crate::json::{JObject, JToken, JsonDate, KeyDigest, ParseError, parse_token};
+use crate::json::{JObject, JToken, JsonDate, KeyDigest, ParseError, parse_message_keyed};
 
 /// System properties that carry the time the event was enqueued, in order of preference.
 pub const ENQUEUED_TIME_PROPERTIES: [&str; 2] = ["iothub-enqueuedtime", "x-opt-enqueued-time"];
@@ -38,20 +38,30 @@ impl DeviceEvent {
 
     /// An event from its parts.
     pub fn new(body: JToken, properties: JObject, system_properties: JObject) -> Self {
+        Self::with_keys(body, properties, system_properties, None)
+    }
+
+    /// `keys`, when given, must cover every member name of the parts (a superset is fine).
+    fn with_keys(body: JToken, properties: JObject, system_properties: JObject, keys: Option<KeyDigest>) -> Self {
         let mut envelope = JObject::new();
         envelope.insert(BODY, body);
         envelope.insert(PROPERTIES, JToken::Object(properties));
         envelope.insert(SYSTEM_PROPERTIES, JToken::Object(system_properties));
         let envelope = JToken::Object(envelope);
-        DeviceEvent {
-            keys: KeyDigest::of_token(&envelope),
-            envelope,
-        }
+        let keys = match keys {
+            Some(keys) => keys.union(KeyDigest::of_names([BODY, PROPERTIES, SYSTEM_PROPERTIES])),
+            None => KeyDigest::of_token(&envelope),
+        };
+        DeviceEvent { keys, envelope }
     }
 
     /// An event from a parsed envelope. A missing `Body` is null, missing property bags are
     /// empty; other members are dropped, as the original's envelope has only these three.
     pub fn from_envelope(token: JToken) -> Result<Self, String> {
+        Self::envelope_with_keys(token, None)
+    }
+
+    fn envelope_with_keys(token: JToken, keys: Option<KeyDigest>) -> Result<Self, String> {
         let JToken::Object(mut object) = token else {
             return Err(format!(
                 "An envelope must be a JSON object with Body, Properties and SystemProperties, found {}.",
@@ -71,16 +81,21 @@ impl DeviceEvent {
         let properties = bag(PROPERTIES)?;
         let system_properties = bag(SYSTEM_PROPERTIES)?;
         let body = object.remove(BODY).unwrap_or(JToken::Null);
-        Ok(Self::new(body, properties, system_properties))
+        Ok(Self::with_keys(body, properties, system_properties, keys))
     }
 
-    /// Parses one input line in the given format.
+    /// Parses one input line in the given format. The JSON is read as the original read a message
+    /// body (`JToken.ReadFrom`: Json.NET's leniency, text after the first value ignored); an
+    /// envelope allows for its one extra level of nesting.
     pub fn parse(line: &str, format: EventFormat) -> Result<Self, EventParseError> {
         match format {
-            EventFormat::Body => parse_token(line).map(Self::from_body).map_err(EventParseError::Json),
+            EventFormat::Body => {
+                let (body, keys) = parse_message_keyed(line, 0).map_err(EventParseError::Json)?;
+                Ok(Self::with_keys(body, JObject::new(), JObject::new(), Some(keys)))
+            }
             EventFormat::Envelope => {
-                let token = parse_token(line).map_err(EventParseError::Json)?;
-                Self::from_envelope(token).map_err(EventParseError::Envelope)
+                let (token, keys) = parse_message_keyed(line, 1).map_err(EventParseError::Json)?;
+                Self::envelope_with_keys(token, Some(keys)).map_err(EventParseError::Envelope)
             }
         }
     }

@@ -8,15 +8,15 @@
 //! apply the templates, serialize the Measurements. The baseline parses the same lines into
 //! `serde_json::Value` and serializes them back.
 //!
-//! Run: `cargo bench --bench normalize` (release build). Prints messages/s for both and the ratio.
+//! Run: `cargo bench --bench normalize` (release build). Prints messages/s for both and the ratio,
+//! then where normalize spends its time: parsing, each message family's templates, writing.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use iomt_connector::device::DeviceTemplateSet;
-use iomt_connector::json::parse_message;
-use iomt_connector::model::DeviceEvent;
+use iomt_connector::model::{DeviceEvent, EventFormat};
 
 const MESSAGES: usize = 30_000;
 const ROUNDS: usize = 7;
@@ -92,7 +92,7 @@ fn normalize_all(templates: &DeviceTemplateSet, lines: &[String], now: DateTime<
     let mut produced = 0;
     let mut out = String::with_capacity(1024);
     for line in lines {
-        let event = DeviceEvent::from_envelope(parse_message(line, 1).unwrap()).unwrap();
+        let event = DeviceEvent::parse(line, EventFormat::Envelope).unwrap();
         for measurement in templates.normalize(&event, now).unwrap() {
             out.clear();
             measurement.write_json(&mut out);
@@ -110,6 +110,58 @@ fn baseline_all(lines: &[String]) -> usize {
         bytes += black_box(serde_json::to_string(&value).unwrap()).len();
     }
     bytes
+}
+
+/// Per-message time of each phase of normalize.
+fn breakdown(templates: &DeviceTemplateSet, lines: &[String], now: DateTime<Utc>) {
+    let per_message = |duration: Duration, count: usize| duration.as_secs_f64() * 1e6 / count as f64;
+    let parse = best_of(|| {
+        for line in lines {
+            black_box(DeviceEvent::parse(line, EventFormat::Envelope).unwrap());
+        }
+    });
+    let serde_parse = best_of(|| {
+        for line in lines {
+            black_box(serde_json::from_str::<serde_json::Value>(line).unwrap());
+        }
+    });
+    println!(
+        "  parse into events:     {:>6.2} us/msg (serde_json parse alone: {:.2})",
+        per_message(parse, lines.len()),
+        per_message(serde_parse, lines.len())
+    );
+    let events: Vec<DeviceEvent> = lines
+        .iter()
+        .map(|line| DeviceEvent::parse(line, EventFormat::Envelope).unwrap())
+        .collect();
+    for (family, name) in ["JSON device", "IoT Hub", "CalculatedContent"].iter().enumerate() {
+        let subset: Vec<&DeviceEvent> = events.iter().skip(family).step_by(3).collect();
+        let time = best_of(|| {
+            for event in &subset {
+                black_box(templates.normalize(event, now).unwrap());
+            }
+        });
+        println!(
+            "  templates, {name:<18} {:>6.2} us/msg",
+            per_message(time, subset.len())
+        );
+    }
+    let measurements: Vec<_> = events
+        .iter()
+        .flat_map(|event| templates.normalize(event, now).unwrap())
+        .collect();
+    let write = best_of(|| {
+        let mut out = String::new();
+        for measurement in &measurements {
+            out.clear();
+            measurement.write_json(&mut out);
+            black_box(&out);
+        }
+    });
+    println!(
+        "  write Measurements:    {:>6.2} us/msg",
+        per_message(write, lines.len())
+    );
 }
 
 fn best_of(mut run: impl FnMut()) -> Duration {
@@ -155,4 +207,6 @@ fn main() {
         "ratio normalize/baseline: {:.2}x (goal >= 0.5x)",
         rate(normalize) / rate(baseline)
     );
+    println!("where normalize spends its time:");
+    breakdown(&templates, &lines, now);
 }

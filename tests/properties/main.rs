@@ -140,6 +140,39 @@ proptest! {
     }
 
     #[test]
+    fn simple_jmespath_means_the_same_evaluated_directly_or_by_the_crate(
+        function in prop_oneof![Just("add"), Just("subtract"), Just("multiply"), Just("divide"), Just("pow"),
+            Just("insertString"), Just("appendString"), Just("fromUnixTimestamp"), Just("fromUnixTimestampMs")],
+        args in prop::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c"), Just("m.a"), Just("matchedToken.a"),
+            Just("missing"), Just("a.b"), Just("`2`"), Just("`0.5`"), Just("`'x'`"), Just("`-3`"), Just("`0`")], 1..4),
+        a in prop_oneof![any::<i64>().prop_map(|n| serde_json::json!(n)), (-1e6f64..1e6).prop_map(|f| serde_json::json!(f)),
+            "[a-z0-9 ]{0,6}".prop_map(serde_json::Value::String), Just(serde_json::json!(null)), Just(serde_json::json!(1625677200))],
+        b in prop_oneof![(-100i64..100).prop_map(|n| serde_json::json!(n)), (-100f64..100.0).prop_map(|f| serde_json::json!(f)),
+            Just(serde_json::json!(true)), Just(serde_json::json!({"a": 1}))],
+    ) {
+        let expression = format!("{function}({})", args.join(", "));
+        let data = JToken::from(&serde_json::json!({"a": a, "b": b, "c": "2019-02-01T22:46:01Z", "m": {"a": a}}));
+        let data = match data { JToken::Object(mut object) => {
+            // A date token, as a device message would carry it.
+            object.insert("c", parse_token("\"2019-02-01T22:46:01Z\"").unwrap());
+            JToken::Object(object)
+        } other => other };
+        let matched = JToken::from(&serde_json::json!({"a": 7}));
+        let outcome = |text: &str| -> Option<Result<Option<String>, String>> {
+            let compiled = Expression::compile(text, Language::JmesPath).ok()?;
+            let cache = JmesCache::default();
+            let scope = Scope::with_matched_token(&data, &matched, &cache);
+            Some(compiled
+                .select_token(&scope)
+                .map(|found| found.and_then(|s| s.as_token().map(|t| format!("{t:?}"))))
+                .map_err(|e| e.to_string()))
+        };
+        let direct = outcome(&expression);
+        let through_crate = outcome(&format!("[{expression}][0]"));
+        prop_assert_eq!(direct, through_crate, "{}", expression);
+    }
+
+    #[test]
     fn template_parser_never_panics_and_reports_positions(
         members in prop::collection::vec(("[a-zA-Z]{0,24}", json_value()), 0..8),
         kind in prop_oneof![Just("JsonPathContent"), Just("IotJsonPathContent"), Just("IotCentralJsonPathContent"), Just("CalculatedContent"), Just("Nope")],
