@@ -4,7 +4,8 @@
 //! - [`json`]: a JSON token model with Json.NET's semantics (integers, doubles, dates);
 //! - [`model`]: device events and Measurements;
 //! - [`expr`]: the JSONPath (Json.NET dialect) and JMESPath expression languages;
-//! - [`device`]: device-mapping templates and normalization.
+//! - [`device`]: device-mapping templates and normalization;
+//! - [`fhir`]: FHIR mapping templates, grouping, and building and merging Observations.
 //!
 //! The core never performs I/O, never reads the clock and never logs; the `cli` module at the top
 //! wires it to files and standard streams.
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod device;
 pub mod expr;
+pub mod fhir;
 pub mod json;
 pub mod model;
 pub mod template;

@@ -263,7 +263,8 @@ mod tests {
 
     #[test]
     fn keeps_number_text_and_member_order() {
-        let text = r#"{"resourceType":"Observation","valueQuantity":{"value":98.60,"unit":"%"},"a":[1,2.50e3,null,true]}"#;
+        let text =
+            r#"{"resourceType":"Observation","valueQuantity":{"value":98.60,"unit":"%"},"a":[1,2.50e3,null,true]}"#;
         assert_eq!(Json::parse(text).unwrap().to_json(), text);
     }
 

@@ -1,0 +1,160 @@
+//! `SampledData.data` strings (compat.md §11.1): readings laid on a grid of `period` milliseconds
+//! from the window start; each slot holds the last reading that falls in it, empty slots are `E`.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+
+/// A reading: when, and its value text.
+pub type Reading = (DateTime<Utc>, String);
+
+/// The slot width for a period in milliseconds, in 100 ns ticks (the original's `DateTime`
+/// resolution), at least one tick.
+pub fn period_delta(period_ms: Decimal) -> TimeDelta {
+    let ticks = (period_ms * Decimal::from(10_000))
+        .round()
+        .to_i64()
+        .unwrap_or(i64::MAX / 1000)
+        .max(1);
+    TimeDelta::nanoseconds(ticks.saturating_mul(100))
+}
+
+/// Builds the data string for `[start, end]`: slots start at `start + k·period` while
+/// `≤ end`; a slot takes the last reading in `[slot, slot + period)`; readings outside the
+/// window are ignored. `readings` must be sorted by time.
+pub fn build(readings: &[Reading], start: DateTime<Utc>, end: DateTime<Utc>, period: TimeDelta) -> String {
+    let mut out = String::new();
+    let mut next = readings.iter().skip_while(|(time, _)| *time < start).peekable();
+    let mut slot = start;
+    while slot <= end {
+        let slot_end = slot + period;
+        let mut value: Option<&str> = None;
+        while let Some((time, text)) = next.peek() {
+            if *time >= slot_end {
+                break;
+            }
+            value = Some(text);
+            next.next();
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(value.unwrap_or("E"));
+        slot = slot_end;
+    }
+    // The original trims the joined string's end.
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out
+}
+
+/// Reads a data string back into readings at their slot times, skipping `E`.
+pub fn parse(data: &str, start: DateTime<Utc>, period: TimeDelta) -> Vec<Reading> {
+    let mut time = start;
+    let mut readings = Vec::new();
+    for token in data.split(' ') {
+        if token != "E" {
+            readings.push((time, token.to_string()));
+        }
+        time += period;
+    }
+    readings
+}
+
+/// Merges two time-sorted reading lists; on equal times the `newer` reading wins (compat.md
+/// §11.1: new data replaces what a slot held).
+pub fn merge(older: Vec<Reading>, newer: &[Reading]) -> Vec<Reading> {
+    let mut merged = Vec::with_capacity(older.len() + newer.len());
+    let mut older = older.into_iter().peekable();
+    let mut newer = newer.iter().peekable();
+    loop {
+        match (older.peek(), newer.peek()) {
+            (None, None) => break,
+            (Some(_), None) => merged.extend(older.next()),
+            (None, Some(_)) => merged.extend(newer.next().cloned()),
+            (Some(old), Some(new)) => {
+                if old.0 < new.0 {
+                    merged.extend(older.next());
+                } else {
+                    if old.0 == new.0 {
+                        older.next();
+                    }
+                    merged.extend(newer.next().cloned());
+                }
+            }
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_546_300_800 + seconds, 0).unwrap()
+    }
+
+    fn readings(pairs: &[(i64, &str)]) -> Vec<Reading> {
+        pairs.iter().map(|&(s, v)| (at(s), v.to_string())).collect()
+    }
+
+    fn second() -> TimeDelta {
+        period_delta(Decimal::from(1000))
+    }
+
+    #[test]
+    fn lays_readings_on_the_grid() {
+        let values: Vec<Reading> = (0..10).map(|i| (at(i), i.to_string())).collect();
+        assert_eq!(build(&values, at(0), at(9), second()), "0 1 2 3 4 5 6 7 8 9");
+        let sparse = readings(&[(1, "1"), (4, "4")]);
+        assert_eq!(build(&sparse, at(0), at(5), second()), "E 1 E E 4 E");
+        let hour = build(&sparse, at(0), at(3600) - TimeDelta::nanoseconds(100), second());
+        assert_eq!(hour.split(' ').count(), 3600);
+    }
+
+    #[test]
+    fn the_last_reading_of_a_slot_wins() {
+        let mut values = readings(&[(0, "a"), (1, "b")]);
+        values.insert(1, (at(0) + TimeDelta::milliseconds(500), "c".to_string()));
+        assert_eq!(build(&values, at(0), at(1), second()), "c b");
+    }
+
+    #[test]
+    fn readings_outside_the_window_are_ignored() {
+        let values = readings(&[(-5, "x"), (0, "a"), (2, "b"), (9, "z")]);
+        assert_eq!(build(&values, at(0), at(3), second()), "a E b E");
+    }
+
+    #[test]
+    fn parses_back_what_it_builds() {
+        let values = readings(&[(0, "72"), (3, "75.5"), (4, "-1")]);
+        let data = build(&values, at(0), at(5), second());
+        assert_eq!(parse(&data, at(0), second()), values);
+    }
+
+    #[test]
+    fn merge_is_ordered_and_new_readings_win() {
+        let old = readings(&[(0, "a"), (2, "b"), (4, "c")]);
+        let new = readings(&[(1, "x"), (2, "y"), (5, "z")]);
+        assert_eq!(
+            merge(old, &new),
+            readings(&[(0, "a"), (1, "x"), (2, "y"), (4, "c"), (5, "z")])
+        );
+    }
+
+    #[test]
+    fn fractional_periods_use_tick_resolution() {
+        assert_eq!(period_delta("0.5".parse().unwrap()), TimeDelta::microseconds(500));
+        let values = readings(&[(0, "a")]);
+        assert_eq!(
+            build(
+                &values,
+                at(0),
+                at(0) + TimeDelta::milliseconds(1),
+                period_delta("0.5".parse().unwrap())
+            ),
+            "a E E"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! From a batch of Measurements to Observation writes (compat.md §8, §10–§12), without I/O: the
+//! steps a FHIR writer runs per Measurement group ([`plan_windows`], [`upsert`]) and the offline
+//! transform that runs them against Observations held in memory ([`transform_batch`]).
+
+use chrono::{DateTime, Utc};
+
+use super::group::{MeasurementGroup, ObservationGroup, group_measurements, observation_groups};
+use super::json::Json;
+use super::observation::{Built, Merged, ResourceIds, build_observation, identifier_value, merge_observation};
+use super::template::{CodeValueTemplate, FhirTemplateSet};
+use super::{FhirError, FhirErrorKind, SERVICE_SYSTEM};
+use crate::model::Measurement;
+
+/// The Observation windows of one Measurement group and the template that maps them.
+#[derive(Debug)]
+pub struct WindowPlan<'t> {
+    /// The FHIR template of the group's type.
+    pub template: &'t CodeValueTemplate,
+    /// The windows, in order of first reading.
+    pub windows: Vec<ObservationGroup>,
+}
+
+/// Looks up the group's template and splits the group into Observation windows.
+pub fn plan_windows<'t>(
+    templates: &'t FhirTemplateSet,
+    group: &MeasurementGroup<'_>,
+    measurements: &[Measurement],
+) -> Result<WindowPlan<'t>, FhirError> {
+    let template = templates.get(group.type_name).ok_or_else(|| {
+        FhirError::new(
+            FhirErrorKind::TemplateNotFound,
+            format!("No FHIR mapping template for Measurement type '{}'.", group.type_name),
+        )
+    })?;
+    let windows = observation_groups(template.period_interval, group, measurements)?;
+    Ok(WindowPlan { template, windows })
+}
+
+/// What to do with one window's Observation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upsert {
+    /// No Observation has the identifier yet: create this one.
+    Create(Built),
+    /// The existing Observation changed: write this one.
+    Update(Built),
+    /// The existing Observation already holds the window's data: no write.
+    Unchanged,
+}
+
+/// Builds the window's Observation, or merges the window into `existing` (the Observation with
+/// the same identifier, when there is one).
+pub fn upsert(
+    template: &CodeValueTemplate,
+    window: &ObservationGroup,
+    type_name: &str,
+    ids: &ResourceIds,
+    existing: Option<&Json>,
+    issued: DateTime<Utc>,
+) -> Result<Upsert, FhirError> {
+    match existing {
+        None => build_observation(template, window, type_name, ids, issued).map(Upsert::Create),
+        Some(existing) => merge_observation(template, window, existing).map(|merged| match merged {
+            Merged::Unchanged => Upsert::Unchanged,
+            Merged::Changed(built) => Upsert::Update(built),
+        }),
+    }
+}
+
+/// The service identifier value of an Observation, if it has one.
+pub fn service_identifier(observation: &Json) -> Option<&str> {
+    observation
+        .get("identifier")?
+        .as_array()?
+        .iter()
+        .find_map(|identifier| {
+            (identifier.get("system")?.as_str()? == SERVICE_SYSTEM)
+                .then(|| identifier.get("value")?.as_str())
+                .flatten()
+        })
+}
+
+/// Measurements that produced no Observation, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupFailure {
+    /// The error.
+    pub error: FhirError,
+    /// Indices (into the batch) of the Measurements affected.
+    pub members: Vec<usize>,
+}
+
+/// The result of an offline transform.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// The resulting Observations, one per identifier, in the order they were first touched.
+    pub observations: Vec<Json>,
+    /// Groups or windows that failed.
+    pub failures: Vec<GroupFailure>,
+    /// Observations created.
+    pub created: usize,
+    /// Observations merged with a change.
+    pub updated: usize,
+    /// Windows whose data the existing Observation already held.
+    pub unchanged: usize,
+    /// Quantity or String readings superseded by a later one of the same window (decision P5).
+    pub superseded: usize,
+}
+
+/// A batch to transform offline: Measurements and the Observations already stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'b> {
+    /// The Measurements, all one batch.
+    pub measurements: &'b [Measurement],
+    /// Observations to merge into, matched by their service identifier.
+    pub existing: &'b [Json],
+    /// `issued` of created Observations.
+    pub issued: DateTime<Utc>,
+}
+
+/// Transforms a batch offline: Patient, Device and Encounter ids are the Measurements' own. Each
+/// window is created or merged in turn, so windows sharing an identifier (two Single readings in
+/// one second) end in one Observation. A failing window does not stop the others (decision P4).
+pub fn transform_batch(templates: &FhirTemplateSet, batch: Batch<'_>) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut store: Vec<(String, Json, bool)> = batch
+        .existing
+        .iter()
+        .filter_map(|observation| {
+            service_identifier(observation).map(|id| (id.to_string(), observation.clone(), false))
+        })
+        .collect();
+    let mut touched: Vec<usize> = Vec::new();
+    for group in group_measurements(batch.measurements) {
+        let fail = |error: FhirError, members: &[usize]| GroupFailure {
+            error,
+            members: members.to_vec(),
+        };
+        let ids = match offline_ids(&group) {
+            Ok(ids) => ids,
+            Err(error) => {
+                outcome.failures.push(fail(error, &group.all));
+                continue;
+            }
+        };
+        let plan = match plan_windows(templates, &group, batch.measurements) {
+            Ok(plan) => plan,
+            Err(error) => {
+                outcome.failures.push(fail(error, &group.all));
+                continue;
+            }
+        };
+        for window in &plan.windows {
+            let identifier = identifier_value(&ids, group.type_name, window);
+            let stored = store.iter().position(|(id, _, _)| *id == identifier);
+            let existing = stored.map(|index| &store[index].1);
+            match upsert(plan.template, window, group.type_name, &ids, existing, batch.issued) {
+                Ok(Upsert::Unchanged) => {
+                    outcome.unchanged += 1;
+                    if let Some(index) = stored {
+                        mark_touched(&mut store, &mut touched, index);
+                    }
+                }
+                Ok(Upsert::Create(built) | Upsert::Update(built)) => {
+                    outcome.superseded += built.superseded;
+                    let index = match stored {
+                        Some(index) => {
+                            outcome.updated += 1;
+                            store[index].1 = built.observation;
+                            index
+                        }
+                        None => {
+                            outcome.created += 1;
+                            store.push((identifier, built.observation, false));
+                            store.len() - 1
+                        }
+                    };
+                    mark_touched(&mut store, &mut touched, index);
+                }
+                Err(error) => outcome.failures.push(fail(error, &window.members)),
+            }
+        }
+    }
+    outcome.observations = touched.into_iter().map(|index| store[index].1.clone()).collect();
+    outcome
+}
+
+fn mark_touched(store: &mut [(String, Json, bool)], touched: &mut Vec<usize>, index: usize) {
+    if !store[index].2 {
+        store[index].2 = true;
+        touched.push(index);
+    }
+}
+
+/// Offline identity: the Measurements' own ids. A group without a patient cannot be an
+/// Observation's subject.
+fn offline_ids(group: &MeasurementGroup<'_>) -> Result<ResourceIds, FhirError> {
+    let patient = group.patient_id.filter(|id| !id.trim().is_empty()).ok_or_else(|| {
+        FhirError::new(
+            FhirErrorKind::ResourceIdentityNotDefined,
+            format!(
+                "Fhir resource of type Patient not found. The Measurements of device '{}' carry no PatientId.",
+                group.device_id
+            ),
+        )
+    })?;
+    Ok(ResourceIds {
+        patient: patient.to_string(),
+        device: group.device_id.to_string(),
+        encounter: group
+            .encounter_id
+            .filter(|id| !id.trim().is_empty())
+            .map(str::to_string),
+    })
+}
