@@ -4,6 +4,7 @@
 mod io;
 mod normalize;
 mod templates;
+mod transform;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,11 @@ pub struct Cli {
 enum Command {
     /// Normalize device events (JSON Lines) into Measurements with a device-mapping template.
     Normalize(normalize::NormalizeArgs),
+    /// Transform Measurements (JSON Lines) into FHIR Observations with a FHIR mapping template.
+    Transform(transform::TransformArgs),
+    /// Normalize device events and transform them into Observations in one step: the mapping
+    /// debugger for a sample message.
+    Map(transform::MapArgs),
     /// Work with mapping templates.
     Templates {
         #[command(subcommand)]
@@ -84,6 +90,8 @@ fn now() -> anyhow::Result<DateTime<Utc>> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let code = match cli.command {
         Command::Normalize(args) => normalize::run(args)?,
+        Command::Transform(args) => transform::run_transform(args)?,
+        Command::Map(args) => transform::run_map(args)?,
         Command::Templates {
             command: TemplatesCommand::Check(args),
         } => templates::check(args)?,

@@ -6,7 +6,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{EXIT_CHECK_FAILED, EXIT_OK, TemplateKindArg};
-use crate::device::{DeviceTemplateSet, TemplateError};
+use crate::device::DeviceTemplateSet;
+use crate::fhir::FhirTemplateSet;
+use crate::template::TemplateError;
 
 /// Arguments of `iomt templates check`.
 #[derive(Debug, Args)]
@@ -36,9 +38,9 @@ fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read template {}", path.display()))
 }
 
-/// Loads a device-mapping template; on errors prints them and returns `None`.
-pub fn load_device_template(path: &Path) -> anyhow::Result<Option<DeviceTemplateSet>> {
-    match DeviceTemplateSet::parse(&read(path)?) {
+/// Loads a template with `parse`; on errors prints them and returns `None`.
+fn load<T>(path: &Path, parse: impl Fn(&str) -> Result<T, Vec<TemplateError>>) -> anyhow::Result<Option<T>> {
+    match parse(&read(path)?) {
         Ok(templates) => Ok(Some(templates)),
         Err(errors) => {
             report(path, &errors);
@@ -47,16 +49,23 @@ pub fn load_device_template(path: &Path) -> anyhow::Result<Option<DeviceTemplate
     }
 }
 
+/// Loads a device-mapping template; on errors prints them and returns `None`.
+pub fn load_device_template(path: &Path) -> anyhow::Result<Option<DeviceTemplateSet>> {
+    load(path, DeviceTemplateSet::parse)
+}
+
+/// Loads a FHIR mapping template; on errors prints them and returns `None`.
+pub fn load_fhir_template(path: &Path) -> anyhow::Result<Option<FhirTemplateSet>> {
+    load(path, FhirTemplateSet::parse)
+}
+
 pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let mut valid = true;
     for path in &args.files {
         let text = read(path)?;
         let result = match args.kind {
             TemplateKindArg::Device => DeviceTemplateSet::parse(&text).map(|_| ()),
-            TemplateKindArg::Fhir => Err(vec![TemplateError::at(
-                crate::json::Pos { line: 1, column: 1 },
-                "FHIR mapping templates are not supported yet.".into(),
-            )]),
+            TemplateKindArg::Fhir => FhirTemplateSet::parse(&text).map(|_| ()),
         };
         if let Err(errors) = result {
             report(path, &errors);
