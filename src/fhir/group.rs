@@ -2,9 +2,8 @@
 //! correlation id; one reading per instant (the latest ingested); then into Observation windows by
 //! the template's `periodInterval`, with UTC boundaries.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Datelike, TimeDelta, Timelike, Utc};
+use rustc_hash::FxHashMap;
 
 use super::sampled_data::Reading;
 use super::template::PeriodInterval;
@@ -39,9 +38,10 @@ pub struct MeasurementGroup<'m> {
 /// in the original.
 pub fn group_measurements(measurements: &[Measurement]) -> Vec<MeasurementGroup<'_>> {
     type Key<'m> = (&'m str, &'m str, &'m str, &'m str, &'m str);
-    let mut index: HashMap<Key<'_>, usize> = HashMap::new();
+    let mut index: FxHashMap<Key<'_>, usize> = FxHashMap::default();
     let mut groups: Vec<MeasurementGroup<'_>> = Vec::new();
-    let mut times: Vec<HashMap<DateTime<Utc>, usize>> = Vec::new();
+    let mut times: Vec<FxHashMap<DateTime<Utc>, usize>> = Vec::new();
+    let mut last: Option<(Key<'_>, usize)> = None;
     for (position, measurement) in measurements.iter().enumerate() {
         let key = (
             measurement.device_id.as_str(),
@@ -50,19 +50,24 @@ pub fn group_measurements(measurements: &[Measurement]) -> Vec<MeasurementGroup<
             measurement.encounter_id.as_deref().unwrap_or(""),
             measurement.correlation_id.as_deref().unwrap_or(""),
         );
-        let slot = *index.entry(key).or_insert_with(|| {
-            groups.push(MeasurementGroup {
-                device_id: &measurement.device_id,
-                type_name: &measurement.type_name,
-                patient_id: measurement.patient_id.as_deref(),
-                encounter_id: measurement.encounter_id.as_deref(),
-                correlation_id: measurement.correlation_id.as_deref(),
-                kept: Vec::new(),
-                all: Vec::new(),
-            });
-            times.push(HashMap::new());
-            groups.len() - 1
+        // Consecutive Measurements of one group are common: skip the lookup for them.
+        let cached = last.filter(|(last_key, _)| *last_key == key).map(|(_, slot)| slot);
+        let slot = cached.unwrap_or_else(|| {
+            *index.entry(key).or_insert_with(|| {
+                groups.push(MeasurementGroup {
+                    device_id: &measurement.device_id,
+                    type_name: &measurement.type_name,
+                    patient_id: measurement.patient_id.as_deref(),
+                    encounter_id: measurement.encounter_id.as_deref(),
+                    correlation_id: measurement.correlation_id.as_deref(),
+                    kept: Vec::new(),
+                    all: Vec::new(),
+                });
+                times.push(FxHashMap::default());
+                groups.len() - 1
+            })
         });
+        last = Some((key, slot));
         let group = &mut groups[slot];
         group.all.push(position);
         match times[slot].get(&measurement.occurrence_time_utc) {

@@ -472,7 +472,7 @@ fn merge_value(
         .and_then(Json::as_str)
         .map(|data| sampled_data::parse(data, observation_start, delta))
         .unwrap_or_default();
-    let merged = sampled_data::merge(old, readings);
+    let merged = sampled_data::merge(&old, readings);
     let start = observation_start.min(group.start);
     let end = observation_end.max(group.end);
     let mut updated = existing_value.as_object().cloned().unwrap_or_default();

@@ -22,8 +22,13 @@ pub fn period_delta(period_ms: Decimal) -> TimeDelta {
 /// Builds the data string for `[start, end]`: slots start at `start + k·period` while
 /// `≤ end`; a slot takes the last reading in `[slot, slot + period)`; readings outside the
 /// window are ignored. `readings` must be sorted by time.
-pub fn build(readings: &[Reading], start: DateTime<Utc>, end: DateTime<Utc>, period: TimeDelta) -> String {
-    let mut out = String::new();
+pub fn build<S: AsRef<str>>(
+    readings: &[(DateTime<Utc>, S)],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    period: TimeDelta,
+) -> String {
+    let mut out = String::with_capacity(readings.len() * 4 + 16);
     let mut next = readings.iter().skip_while(|(time, _)| *time < start).peekable();
     let mut slot = start;
     while slot <= end {
@@ -33,7 +38,7 @@ pub fn build(readings: &[Reading], start: DateTime<Utc>, end: DateTime<Utc>, per
             if *time >= slot_end {
                 break;
             }
-            value = Some(text);
+            value = Some(text.as_ref());
             next.next();
         }
         if !out.is_empty() {
@@ -49,12 +54,12 @@ pub fn build(readings: &[Reading], start: DateTime<Utc>, end: DateTime<Utc>, per
 }
 
 /// Reads a data string back into readings at their slot times, skipping `E`.
-pub fn parse(data: &str, start: DateTime<Utc>, period: TimeDelta) -> Vec<Reading> {
+pub fn parse(data: &str, start: DateTime<Utc>, period: TimeDelta) -> Vec<(DateTime<Utc>, &str)> {
     let mut time = start;
     let mut readings = Vec::new();
     for token in data.split(' ') {
         if token != "E" {
-            readings.push((time, token.to_string()));
+            readings.push((time, token));
         }
         time += period;
     }
@@ -63,26 +68,24 @@ pub fn parse(data: &str, start: DateTime<Utc>, period: TimeDelta) -> Vec<Reading
 
 /// Merges two time-sorted reading lists; on equal times the `newer` reading wins (compat.md
 /// §11.1: new data replaces what a slot held).
-pub fn merge(older: Vec<Reading>, newer: &[Reading]) -> Vec<Reading> {
+pub fn merge<'a>(older: &[(DateTime<Utc>, &'a str)], newer: &'a [Reading]) -> Vec<(DateTime<Utc>, &'a str)> {
     let mut merged = Vec::with_capacity(older.len() + newer.len());
-    let mut older = older.into_iter().peekable();
-    let mut newer = newer.iter().peekable();
+    let mut older = older.iter().copied().peekable();
+    let mut newer = newer.iter().map(|(time, text)| (*time, text.as_str())).peekable();
     loop {
-        match (older.peek(), newer.peek()) {
+        let next = match (older.peek(), newer.peek()) {
             (None, None) => break,
-            (Some(_), None) => merged.extend(older.next()),
-            (None, Some(_)) => merged.extend(newer.next().cloned()),
+            (Some(_), None) => older.next(),
+            (None, Some(_)) => newer.next(),
+            (Some(old), Some(new)) if old.0 < new.0 => older.next(),
             (Some(old), Some(new)) => {
-                if old.0 < new.0 {
-                    merged.extend(older.next());
-                } else {
-                    if old.0 == new.0 {
-                        older.next();
-                    }
-                    merged.extend(newer.next().cloned());
+                if old.0 == new.0 {
+                    older.next();
                 }
+                newer.next()
             }
-        }
+        };
+        merged.extend(next);
     }
     merged
 }
@@ -130,16 +133,20 @@ mod tests {
     fn parses_back_what_it_builds() {
         let values = readings(&[(0, "72"), (3, "75.5"), (4, "-1")]);
         let data = build(&values, at(0), at(5), second());
-        assert_eq!(parse(&data, at(0), second()), values);
+        let parsed: Vec<Reading> = parse(&data, at(0), second())
+            .into_iter()
+            .map(|(time, text)| (time, text.to_string()))
+            .collect();
+        assert_eq!(parsed, values);
     }
 
     #[test]
     fn merge_is_ordered_and_new_readings_win() {
-        let old = readings(&[(0, "a"), (2, "b"), (4, "c")]);
+        let old = [(at(0), "a"), (at(2), "b"), (at(4), "c")];
         let new = readings(&[(1, "x"), (2, "y"), (5, "z")]);
         assert_eq!(
-            merge(old, &new),
-            readings(&[(0, "a"), (1, "x"), (2, "y"), (4, "c"), (5, "z")])
+            merge(&old, &new),
+            [(at(0), "a"), (at(1), "x"), (at(2), "y"), (at(4), "c"), (at(5), "z")]
         );
     }
 
