@@ -5,15 +5,22 @@
 //! - [`model`]: device events and Measurements;
 //! - [`expr`]: the JSONPath (Json.NET dialect) and JMESPath expression languages;
 //! - [`device`]: device-mapping templates and normalization;
-//! - [`fhir`]: FHIR mapping templates, grouping, and building and merging Observations.
+//! - [`fhir`]: FHIR mapping templates, grouping, and building and merging Observations;
+//! - [`pipeline`]: asynchronous orchestration over ports (identity resolution, Observation
+//!   persistence);
+//! - `adapters` (feature `service`): the FHIR HTTP client and Azure authentication.
 //!
-//! The core never performs I/O, never reads the clock and never logs; the `cli` module at the top
-//! wires it to files and standard streams.
+//! The core (`json`, `model`, `expr`, `device`, `fhir`) never performs I/O, never reads the clock
+//! and never logs; `pipeline` runs it over ports; `adapters` implement the ports; the `cli` module
+//! at the top wires everything to files, standard streams and servers.
 
+#[cfg(feature = "service")]
+pub mod adapters;
 pub mod cli;
 pub mod device;
 pub mod expr;
 pub mod fhir;
 pub mod json;
 pub mod model;
+pub mod pipeline;
 pub mod template;

@@ -3,6 +3,8 @@
 
 mod io;
 mod normalize;
+#[cfg(feature = "service")]
+mod persist;
 mod templates;
 mod transform;
 
@@ -18,6 +20,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_CHECK_FAILED: u8 = 1;
 /// Exit code for an invalid template or invalid arguments.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code for work that could not complete because a server stayed unavailable or refused
+/// the connector's credentials (nothing is lost: run the same input again).
+pub const EXIT_UNAVAILABLE: u8 = 3;
 
 /// Environment variable that fixes "now" (RFC 3339) for reproducible output in tests.
 pub const NOW_VARIABLE: &str = "IOMT_NOW";

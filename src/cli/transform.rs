@@ -25,11 +25,15 @@ pub struct TransformArgs {
     #[arg(long, value_name = "FILE|-")]
     input: Option<PathBuf>,
     /// Observations (NDJSON) to merge into, matched by identifier.
-    #[arg(long, value_name = "observations.ndjson")]
+    #[arg(long, value_name = "observations.ndjson", conflicts_with = "fhir_url")]
     existing: Option<PathBuf>,
     /// Where to write error records (JSON Lines); standard error by default.
     #[arg(long, value_name = "FILE")]
     errors: Option<PathBuf>,
+    /// Persist to this FHIR server instead of printing Observations.
+    #[cfg(feature = "service")]
+    #[command(flatten)]
+    server: super::persist::ServerArgs,
 }
 
 /// Arguments of `iomt map`.
@@ -56,18 +60,47 @@ pub struct MapArgs {
 }
 
 /// An error record before it is written: input line, kind, message.
-type ErrorRecord = (usize, &'static str, String);
+pub(super) type ErrorRecord = (usize, &'static str, String);
 
 pub fn run_transform(args: TransformArgs) -> anyhow::Result<u8> {
     let Some(templates) = load_fhir_template(&args.fhir_mapping)? else {
         return Ok(EXIT_USAGE);
     };
     let issued = now()?;
+    let (measurements, origins, records) = read_measurements(args.input.as_ref())?;
+    #[cfg(feature = "service")]
+    if let Some(url) = &args.server.fhir_url {
+        return super::persist::persist(
+            url,
+            &args.server,
+            &templates,
+            &measurements,
+            &origins,
+            records,
+            issued,
+            args.errors.as_deref(),
+        );
+    }
     let existing = read_existing(args.existing.as_deref())?;
+    finish(
+        &templates,
+        &measurements,
+        &origins,
+        &existing,
+        issued,
+        records,
+        args.errors.as_deref(),
+    )
+}
+
+/// Reads Measurement lines: the Measurements, the input line of each, and error records for the
+/// lines that are not Measurements.
+#[allow(clippy::type_complexity)]
+fn read_measurements(input: Option<&PathBuf>) -> anyhow::Result<(Vec<Measurement>, Vec<usize>, Vec<ErrorRecord>)> {
     let mut records: Vec<ErrorRecord> = Vec::new();
     let mut measurements = Vec::new();
     let mut origins = Vec::new();
-    let input = open_input(input_path(&args.input).map(PathBuf::as_path))?;
+    let input = open_input(input_path(&input.cloned()).map(PathBuf::as_path))?;
     for line in lines(input) {
         let line = line.context("cannot read input")?;
         let parsed = line
@@ -86,15 +119,7 @@ pub fn run_transform(args: TransformArgs) -> anyhow::Result<u8> {
             )),
         }
     }
-    finish(
-        &templates,
-        &measurements,
-        &origins,
-        &existing,
-        issued,
-        records,
-        args.errors.as_deref(),
-    )
+    Ok((measurements, origins, records))
 }
 
 pub fn run_map(args: MapArgs) -> anyhow::Result<u8> {
@@ -143,7 +168,7 @@ fn finish(
     origins: &[usize],
     existing: &[Json],
     issued: chrono::DateTime<chrono::Utc>,
-    mut records: Vec<ErrorRecord>,
+    records: Vec<ErrorRecord>,
     errors_path: Option<&Path>,
 ) -> anyhow::Result<u8> {
     let outcome = transform_batch(
@@ -161,7 +186,19 @@ fn finish(
         out.write_all(line.as_bytes())?;
     }
     out.flush()?;
-    for failure in outcome.failures {
+    write_failures(outcome.failures, origins, records, errors_path)?;
+    Ok(EXIT_OK)
+}
+
+/// Writes the error records of `records` and of failed groups (one per affected input line), in
+/// line order.
+pub(super) fn write_failures(
+    failures: Vec<crate::fhir::GroupFailure>,
+    origins: &[usize],
+    mut records: Vec<ErrorRecord>,
+    errors_path: Option<&Path>,
+) -> anyhow::Result<()> {
+    for failure in failures {
         let mut lines: Vec<usize> = failure.members.iter().map(|&member| origins[member]).collect();
         lines.sort_unstable();
         lines.dedup();
@@ -175,7 +212,7 @@ fn finish(
         write_error_record(&mut errors, *line, kind, message)?;
     }
     errors.flush()?;
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 /// Reads Observations to merge into: NDJSON, or a FHIR searchset/collection Bundle on one line

@@ -4,6 +4,7 @@
 //! into resources.
 
 pub mod group;
+pub mod identity;
 pub mod json;
 pub mod observation;
 pub mod sampled_data;
@@ -55,6 +56,15 @@ pub enum FhirErrorKind {
     /// The existing Observation cannot be merged into (another value type, several dimensions,
     /// no effective time).
     NotSupported,
+    /// A Device, Patient or Encounter the Measurements refer to is not in the FHIR server.
+    FhirResourceNotFound,
+    /// Several resources match an identifier that must be unique.
+    MultipleResourceFound,
+    /// The device is linked to another patient than the Measurements name (identity mode Create).
+    PatientDeviceMismatch,
+    /// The FHIR server rejected a resource or request as invalid (a 4xx other than 408, 409,
+    /// 412 and 429).
+    RequestRejected,
 }
 
 impl FhirErrorKind {
@@ -67,6 +77,10 @@ impl FhirErrorKind {
             FhirErrorKind::InvalidQuantityFhirValue => "InvalidQuantityFhirValueException",
             FhirErrorKind::ResourceIdentityNotDefined => "ResourceIdentityNotDefinedException",
             FhirErrorKind::NotSupported => "NotSupportedException",
+            FhirErrorKind::FhirResourceNotFound => "FhirResourceNotFoundException",
+            FhirErrorKind::MultipleResourceFound => "MultipleResourceFoundException",
+            FhirErrorKind::PatientDeviceMismatch => "PatientDeviceMismatchException",
+            FhirErrorKind::RequestRejected => "FhirRequestRejectedException",
         }
     }
 }
