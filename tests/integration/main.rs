@@ -1,7 +1,16 @@
-//! The integration test binary: the `iomt` CLI run as a user runs it, against golden fixtures.
+//! The integration test binary: the `iomt` CLI run as a user runs it, against golden fixtures,
+//! and (with the `service` feature) the FHIR adapter against a real FHIR server.
 
 mod cli;
+#[cfg(feature = "service")]
+mod fhir_auth;
+#[cfg(feature = "service")]
+mod fhir_faults;
 mod fhir_r4;
+#[cfg(feature = "service")]
+mod fhir_server;
 mod golden;
 mod samples;
+#[cfg(feature = "service")]
+mod support;
 mod util;
