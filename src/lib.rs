@@ -8,13 +8,13 @@
 //! - [`fhir`]: FHIR mapping templates, grouping, and building and merging Observations;
 //! - [`pipeline`]: asynchronous orchestration over ports (identity resolution, Observation
 //!   persistence);
-//! - `adapters` (feature `service`): the FHIR HTTP client and Azure authentication.
+//! - [`adapters`]: local files and directories; with feature `service` the FHIR HTTP client,
+//!   Azure authentication, Event Hubs and Blob Storage.
 //!
 //! The core (`json`, `model`, `expr`, `device`, `fhir`) never performs I/O, never reads the clock
 //! and never logs; `pipeline` runs it over ports; `adapters` implement the ports; the `cli` module
 //! at the top wires everything to files, standard streams and servers.
 
-#[cfg(feature = "service")]
 pub mod adapters;
 pub mod cli;
 pub mod device;
@@ -23,4 +23,5 @@ pub mod fhir;
 pub mod json;
 pub mod model;
 pub mod pipeline;
+pub mod telemetry;
 pub mod template;

@@ -1,4 +1,7 @@
-//! Adapters: the only code that talks to servers (FHIR over HTTP, Azure). Each implements a
-//! [`crate::pipeline::ports`] trait.
+//! Adapters: the only code that does I/O against the outside world. Each implements a
+//! [`crate::pipeline::ports`] trait. `local` (files, directories) is always built; the Azure and
+//! HTTP adapters need the `service` feature.
 
+#[cfg(feature = "service")]
 pub mod fhir_http;
+pub mod local;

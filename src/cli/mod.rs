@@ -1,10 +1,12 @@
 //! The `iomt` command line: argument parsing and dispatch. The only place that touches files and
 //! standard streams for the offline commands.
 
+mod deadletter;
 mod io;
 mod normalize;
 #[cfg(feature = "service")]
 mod persist;
+mod run;
 mod templates;
 mod transform;
 
@@ -44,6 +46,14 @@ enum Command {
     /// Normalize device events and transform them into Observations in one step: the mapping
     /// debugger for a sample message.
     Map(transform::MapArgs),
+    /// Run the pipeline: `--local` on this machine (files or standard input in, FHIR server or
+    /// NDJSON files out).
+    Run(run::RunArgs),
+    /// Inspect and redrive dead-lettered messages.
+    Deadletter {
+        #[command(subcommand)]
+        command: deadletter::DeadLetterCommand,
+    },
     /// Work with mapping templates.
     Templates {
         #[command(subcommand)]
@@ -97,6 +107,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Normalize(args) => normalize::run(args)?,
         Command::Transform(args) => transform::run_transform(args)?,
         Command::Map(args) => transform::run_map(args)?,
+        Command::Run(args) => run::run(args)?,
+        Command::Deadletter { command } => deadletter::run(command)?,
         Command::Templates {
             command: TemplatesCommand::Check(args),
         } => templates::check(args)?,

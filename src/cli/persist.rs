@@ -17,7 +17,8 @@ use crate::fhir::FhirTemplateSet;
 use crate::fhir::identity::IdentityMode;
 use crate::model::Measurement;
 use crate::pipeline::identity::{IdentityResolver, IdentitySettings};
-use crate::pipeline::ports::FhirApiErrorKind;
+use crate::pipeline::metrics::{MeteredFhirApi, Metrics};
+use crate::pipeline::ports::{FhirApi, FhirApiErrorKind};
 use crate::pipeline::writer::{ObservationWriter, WriteReport, WriterSettings};
 
 /// Environment variable holding the client secret for `--auth client-secret` (never a flag, so
@@ -103,6 +104,43 @@ impl ServerArgs {
     }
 }
 
+impl ServerArgs {
+    /// The Observation writer these arguments describe, timing requests into `metrics`.
+    pub fn writer(&self, url: &str, metrics: Arc<Metrics>) -> anyhow::Result<ObservationWriter> {
+        let auth = self.auth()?;
+        let tokens = auth
+            .credential()
+            .context("cannot set up FHIR authentication")?
+            .map(|credential| {
+                Arc::new(TokenSource::new(
+                    credential,
+                    FhirHttpClient::scope_for(url, self.audience.as_deref()),
+                ))
+            });
+        let mut config = FhirClientConfig::new(url);
+        config.retry.max_elapsed = Duration::from_secs(self.retry_seconds);
+        let client = FhirHttpClient::new(&config, tokens).map_err(|error| anyhow::anyhow!(error))?;
+        let api: Arc<dyn FhirApi> = Arc::new(MeteredFhirApi::new(Arc::new(client), metrics));
+        let identities = IdentityResolver::new(
+            api.clone(),
+            IdentitySettings {
+                mode: self.identity_mode,
+                default_device_system: self.default_device_system.clone(),
+                ..IdentitySettings::default()
+            },
+        );
+        Ok(ObservationWriter::new(
+            api,
+            identities,
+            WriterSettings {
+                batch_size: self.batch_size,
+                concurrency: self.concurrency.max(1),
+                ..WriterSettings::default()
+            },
+        ))
+    }
+}
+
 /// Writes the batch to the server; prints a summary on standard output and error records for
 /// failed Measurements.
 #[allow(clippy::too_many_arguments)]
@@ -116,48 +154,13 @@ pub fn persist(
     issued: DateTime<Utc>,
     errors_path: Option<&Path>,
 ) -> anyhow::Result<u8> {
-    let auth = match args.auth() {
-        Ok(auth) => auth,
+    let writer = match args.writer(url, Arc::new(Metrics::default())) {
+        Ok(writer) => writer,
         Err(error) => {
             eprintln!("iomt: {error:#}");
             return Ok(EXIT_USAGE);
         }
     };
-    let tokens = auth
-        .credential()
-        .context("cannot set up FHIR authentication")?
-        .map(|credential| {
-            Arc::new(TokenSource::new(
-                credential,
-                FhirHttpClient::scope_for(url, args.audience.as_deref()),
-            ))
-        });
-    let mut config = FhirClientConfig::new(url);
-    config.retry.max_elapsed = Duration::from_secs(args.retry_seconds);
-    let client = match FhirHttpClient::new(&config, tokens) {
-        Ok(client) => Arc::new(client),
-        Err(error) => {
-            eprintln!("iomt: {error}");
-            return Ok(EXIT_USAGE);
-        }
-    };
-    let identities = IdentityResolver::new(
-        client.clone(),
-        IdentitySettings {
-            mode: args.identity_mode,
-            default_device_system: args.default_device_system.clone(),
-            ..IdentitySettings::default()
-        },
-    );
-    let writer = ObservationWriter::new(
-        client,
-        identities,
-        WriterSettings {
-            batch_size: args.batch_size,
-            concurrency: args.concurrency.max(1),
-            ..WriterSettings::default()
-        },
-    );
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match runtime.block_on(writer.write(templates, measurements, issued)) {
         Ok(report) => {

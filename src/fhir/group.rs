@@ -187,6 +187,15 @@ pub fn observation_groups(
     Ok(windows)
 }
 
+/// When the window of a reading at `time` ends: the instant itself (Single), the end of its UTC
+/// hour or day; `None` for correlation-id windows, which end when their data does.
+pub fn window_end(interval: PeriodInterval, time: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match interval {
+        PeriodInterval::CorrelationId => None,
+        _ => Some(boundary(interval, time).1),
+    }
+}
+
 /// The window of an instant: itself (Single), its UTC hour or its UTC day.
 fn boundary(interval: PeriodInterval, time: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
     match interval {

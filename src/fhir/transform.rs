@@ -134,7 +134,7 @@ pub fn transform_batch(templates: &FhirTemplateSet, batch: Batch<'_>) -> Outcome
             error,
             members: members.to_vec(),
         };
-        let ids = match offline_ids(&group) {
+        let ids = match measurement_ids(group.device_id, group.patient_id, group.encounter_id) {
             Ok(ids) => ids,
             Err(error) => {
                 outcome.failures.push(fail(error, &group.all));
@@ -190,24 +190,24 @@ fn mark_touched(store: &mut [(String, Json, bool)], touched: &mut Vec<usize>, in
     }
 }
 
-/// Offline identity: the Measurements' own ids. A group without a patient cannot be an
-/// Observation's subject.
-fn offline_ids(group: &MeasurementGroup<'_>) -> Result<ResourceIds, FhirError> {
-    let patient = group.patient_id.filter(|id| !id.trim().is_empty()).ok_or_else(|| {
+/// Offline identity: the Measurements' own ids are the Patient, Device and Encounter logical
+/// ids. A group without a patient cannot be an Observation's subject.
+pub fn measurement_ids(
+    device_id: &str,
+    patient_id: Option<&str>,
+    encounter_id: Option<&str>,
+) -> Result<ResourceIds, FhirError> {
+    let patient = patient_id.filter(|id| !id.trim().is_empty()).ok_or_else(|| {
         FhirError::new(
             FhirErrorKind::ResourceIdentityNotDefined,
             format!(
-                "Fhir resource of type Patient not found. The Measurements of device '{}' carry no PatientId.",
-                group.device_id
+                "Fhir resource of type Patient not found. The Measurements of device '{device_id}' carry no PatientId."
             ),
         )
     })?;
     Ok(ResourceIds {
         patient: patient.to_string(),
-        device: group.device_id.to_string(),
-        encounter: group
-            .encounter_id
-            .filter(|id| !id.trim().is_empty())
-            .map(str::to_string),
+        device: device_id.to_string(),
+        encounter: encounter_id.filter(|id| !id.trim().is_empty()).map(str::to_string),
     })
 }

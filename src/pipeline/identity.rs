@@ -9,6 +9,7 @@ use crate::fhir::identity::{
     not_found, patient_device_mismatch, patient_reference, reference_id, resource_id, version_id,
 };
 use crate::fhir::observation::ResourceIds;
+use crate::fhir::transform::measurement_ids;
 use crate::fhir::{FhirError, FhirErrorKind, Json};
 use crate::pipeline::ports::{FhirApi, FhirApiError, FhirApiErrorKind};
 
@@ -73,7 +74,8 @@ impl From<FhirApiError> for ResolveError {
 /// Resolves identities, caching successes by device (and encounter) id; failures are not cached.
 #[derive(Debug)]
 pub struct IdentityResolver {
-    api: Arc<dyn FhirApi>,
+    /// The FHIR server to resolve against; `None` takes the Measurements' own ids.
+    api: Option<Arc<dyn FhirApi>>,
     settings: IdentitySettings,
     cache: moka::future::Cache<(String, Option<String>), ResourceIds>,
 }
@@ -85,7 +87,21 @@ impl IdentityResolver {
             .max_capacity(settings.cache_capacity)
             .time_to_live(settings.cache_ttl)
             .build();
-        IdentityResolver { api, settings, cache }
+        IdentityResolver {
+            api: Some(api),
+            settings,
+            cache,
+        }
+    }
+
+    /// A resolver that takes the Measurements' own PatientId, DeviceId and EncounterId as the
+    /// logical ids (local output without a FHIR server, as `iomt transform` does offline).
+    pub fn from_measurements() -> Self {
+        IdentityResolver {
+            api: None,
+            settings: IdentitySettings::default(),
+            cache: moka::future::Cache::builder().max_capacity(1).build(),
+        }
     }
 
     /// The Patient, Device and Encounter ids for a group's Measurements.
@@ -93,6 +109,9 @@ impl IdentityResolver {
     /// The cache key is the device id and the encounter id (the original keyed by device only,
     /// so a device's second encounter reused the first one's id until the cache expired).
     pub async fn resolve(&self, group: GroupIdentity<'_>) -> Result<ResourceIds, ResolveError> {
+        if self.api.is_none() {
+            return measurement_ids(group.device_id, group.patient_id, group.encounter_id).map_err(ResolveError::Data);
+        }
         let encounter = group.encounter_id.filter(|id| !id.trim().is_empty());
         let key = (group.device_id.to_string(), encounter.map(str::to_string));
         if let Some(ids) = self.cache.get(&key).await {
@@ -121,6 +140,10 @@ impl IdentityResolver {
             Err(LookupFailure::NotFound(_, error)) => Err(ResolveError::Data(error)),
             Err(LookupFailure::Other(error)) => Err(error),
         }
+    }
+
+    fn api(&self) -> &dyn FhirApi {
+        self.api.as_deref().expect("resolution through FHIR has an api")
     }
 
     fn device_system(&self) -> Option<&str> {
@@ -200,7 +223,7 @@ impl IdentityResolver {
             .ok_or_else(|| ResolveError::Data(identity_not_defined(IdentityResource::Patient, group.device_id)))?;
         let patient = match self.find_one(IdentityResource::Patient, patient_value).await? {
             Some(patient) => patient,
-            None => self.api.put(&new_patient(patient_value), None).await?,
+            None => self.api().put(&new_patient(patient_value), None).await?,
         };
         let patient_id = resource_id(&patient)
             .ok_or_else(|| invalid("the Patient has no id"))?
@@ -211,7 +234,7 @@ impl IdentityResolver {
         let device = match self.find_one(IdentityResource::Device, &token).await? {
             Some(device) => device,
             None => {
-                self.api
+                self.api()
                     .put(&new_device(group.device_id, system, &patient_id), None)
                     .await?
             }
@@ -225,7 +248,7 @@ impl IdentityResolver {
                 if let Some(object) = linked.as_object_mut() {
                     object.set("patient", patient_reference(&patient_id));
                 }
-                self.api.put(&linked, version_id(&device)).await?;
+                self.api().put(&linked, version_id(&device)).await?;
             }
             Some(reference) if reference_id(Some(reference), "Patient") == Some(patient_id.as_str()) => {}
             Some(reference) => {
@@ -254,7 +277,7 @@ impl IdentityResolver {
     /// read, as in the original).
     async fn find_one(&self, resource: IdentityResource, token: &str) -> Result<Option<Json>, ResolveError> {
         let found = self
-            .api
+            .api()
             .search(resource.as_str(), &[("identifier", token.to_string())], Some(2))
             .await?;
         match found.len() {

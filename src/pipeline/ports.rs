@@ -2,10 +2,14 @@
 //! implement them in memory.
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::fhir::Json;
+use crate::json::JObject;
+use crate::model::Measurement;
+use crate::pipeline::deadletter::{DeadLetterRecord, Origin};
 
 /// The FHIR operations the connector uses.
 #[async_trait]
@@ -101,4 +105,93 @@ impl FhirApiError {
     pub fn is_transient(&self) -> bool {
         matches!(self.kind, FhirApiErrorKind::Transient | FhirApiErrorKind::Unauthorized)
     }
+}
+
+/// An event read from a partition of a source (an Event Hub, a file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceEvent {
+    /// Where it came from.
+    pub origin: Origin,
+    /// The body bytes.
+    pub body: Vec<u8>,
+    /// Application properties.
+    pub properties: JObject,
+    /// System properties (IoT Hub's `iothub-*`, Event Hubs' `x-opt-*`).
+    pub system_properties: JObject,
+}
+
+/// A partition of a source: events in order, and a checkpoint to resume after.
+#[async_trait]
+pub trait PartitionSource: Send {
+    /// The partition id.
+    fn partition_id(&self) -> &str;
+
+    /// Up to `max` events, waiting at most `wait` for the first; empty when none came.
+    async fn receive(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceEvent>, SourceError>;
+
+    /// Records that every event up to and including `through` is done with: a restart resumes
+    /// after it.
+    async fn checkpoint(&mut self, through: &Origin) -> Result<(), SourceError>;
+}
+
+/// Why a source stopped giving events.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The partition went to another owner: stop processing it without writing more.
+    #[error("the partition is closed: {0}")]
+    Closed(String),
+    /// The input ended (a file): write what waits, checkpoint, stop.
+    #[error("the input ended: {0}")]
+    Ended(String),
+    /// A failure worth retrying.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// A failure of a sink or store that retrying later may cure (the data is fine).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TransientError(pub String);
+
+/// Where normalized Measurements go (the `normalizeddata` Event Hub).
+#[async_trait]
+pub trait MeasurementSink: Send + Sync {
+    /// Sends the Measurements, each keyed by its device so one device stays on one partition.
+    /// Returns the indices of Measurements too large to send at all (a data problem).
+    async fn send(&self, measurements: &[Measurement]) -> Result<Vec<usize>, TransientError>;
+}
+
+/// Where dead-letter records are kept.
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync {
+    /// Stores the records (durably, before the caller checkpoints past them).
+    async fn write(&self, records: &[DeadLetterRecord]) -> Result<(), TransientError>;
+
+    /// Every stored record with its name.
+    async fn list(&self) -> Result<Vec<(String, DeadLetterRecord)>, TransientError>;
+
+    /// Removes a record (after a successful redrive).
+    async fn remove(&self, name: &str) -> Result<(), TransientError>;
+}
+
+/// Small named documents with optimistic concurrency (per-partition window snapshots).
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// The document and its version tag, if it exists.
+    async fn load(&self, name: &str) -> Result<Option<(Vec<u8>, String)>, StateError>;
+
+    /// Writes the document if its version is still `expected` (`None`: it must not exist yet);
+    /// returns the new version tag.
+    async fn save(&self, name: &str, data: &[u8], expected: Option<&str>) -> Result<String, StateError>;
+}
+
+/// Why a state document could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// Someone else wrote it since we read it: this process no longer owns the partition.
+    #[error("the state was changed by another owner")]
+    Conflict,
+    /// A failure worth retrying.
+    #[error("{0}")]
+    Transient(String),
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use futures::stream;
+use futures::{FutureExt, StreamExt};
 
 use crate::fhir::group::{MeasurementGroup, ObservationGroup, group_measurements};
 use crate::fhir::identity::{multiple_found, version_id};
@@ -204,16 +204,24 @@ impl ObservationWriter {
 
     /// Identities of every group, resolved concurrently (one request per device at a time).
     async fn resolve_identities(&self, groups: &[MeasurementGroup<'_>]) -> Vec<Result<ResourceIds, ResolveError>> {
-        stream::iter(groups.iter().map(|group| {
-            self.identities.resolve(GroupIdentity {
-                device_id: group.device_id,
-                patient_id: group.patient_id,
-                encounter_id: group.encounter_id,
-            })
-        }))
-        .buffered(self.settings.concurrency.max(1))
-        .collect()
-        .await
+        // The futures are boxed and built in a loop rather than a closure: closures over
+        // borrowed items trip rustc's higher-ranked `Send` check when a caller is spawned.
+        let mut resolving = Vec::with_capacity(groups.len());
+        for group in groups {
+            resolving.push(
+                self.identities
+                    .resolve(GroupIdentity {
+                        device_id: group.device_id,
+                        patient_id: group.patient_id,
+                        encounter_id: group.encounter_id,
+                    })
+                    .boxed(),
+            );
+        }
+        stream::iter(resolving)
+            .buffered(self.settings.concurrency.max(1))
+            .collect()
+            .await
     }
 
     /// The stored Observation of each item: from the cache, else by identifier search (in
@@ -254,14 +262,14 @@ impl ObservationWriter {
                 }
             }
         } else {
-            let searched: Vec<Result<Vec<Json>, FhirApiError>> = stream::iter(
-                misses
-                    .iter()
-                    .map(|&index| self.search_observations(&items[index].identifier)),
-            )
-            .buffered(self.settings.concurrency.max(1))
-            .collect()
-            .await;
+            let mut searches = Vec::with_capacity(misses.len());
+            for &index in &misses {
+                searches.push(self.search_observations(&items[index].identifier).boxed());
+            }
+            let searched: Vec<Result<Vec<Json>, FhirApiError>> = stream::iter(searches)
+                .buffered(self.settings.concurrency.max(1))
+                .collect()
+                .await;
             for (&index, found) in misses.iter().zip(searched) {
                 results[index] = Some(exact_match(&items[index].identifier, found?));
             }
@@ -307,19 +315,22 @@ impl ObservationWriter {
             .collect();
         if self.settings.batch_size > 0 {
             let chunks: Vec<Vec<PendingWrite>> = pending.chunks(self.settings.batch_size).map(<[_]>::to_vec).collect();
-            let sent: Vec<_> = stream::iter(chunks.into_iter().map(|chunk| async move {
-                let bundle = chunk
+            let mut bundles = Vec::with_capacity(chunks.len());
+            for chunk in chunks {
+                let requests: Vec<BatchRequest> = chunk
                     .iter()
                     .map(|write| BatchRequest::Put {
                         resource: write.resource.clone(),
                         if_match: write.version.clone(),
                     })
                     .collect();
-                (chunk, self.api.batch(bundle).await)
-            }))
-            .buffered(self.settings.concurrency.max(1))
-            .collect()
-            .await;
+                let api = self.api.clone();
+                bundles.push(async move { (chunk, api.batch(requests).await) }.boxed());
+            }
+            let sent: Vec<_> = stream::iter(bundles)
+                .buffered(self.settings.concurrency.max(1))
+                .collect()
+                .await;
             for (chunk, replies) in sent {
                 for (write, reply) in chunk.into_iter().zip(replies?) {
                     let outcome = match reply {
@@ -333,13 +344,21 @@ impl ObservationWriter {
                 }
             }
         } else {
-            let sent: Vec<_> = stream::iter(pending.into_iter().map(|write| async move {
-                let outcome = self.api.put(&write.resource, write.version.as_deref()).await;
-                (write, outcome)
-            }))
-            .buffered(self.settings.concurrency.max(1))
-            .collect()
-            .await;
+            let mut puts = Vec::with_capacity(pending.len());
+            for write in pending {
+                let api = self.api.clone();
+                puts.push(
+                    async move {
+                        let outcome = api.put(&write.resource, write.version.as_deref()).await;
+                        (write, outcome)
+                    }
+                    .boxed(),
+                );
+            }
+            let sent: Vec<_> = stream::iter(puts)
+                .buffered(self.settings.concurrency.max(1))
+                .collect()
+                .await;
             for (write, outcome) in sent {
                 if self.settle(&items[write.index], write.created, outcome, report).await {
                     retry.push(write.index);

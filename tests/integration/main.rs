@@ -10,6 +10,7 @@ mod fhir_r4;
 #[cfg(feature = "service")]
 mod fhir_server;
 mod golden;
+mod local_run;
 mod samples;
 #[cfg(feature = "service")]
 mod support;

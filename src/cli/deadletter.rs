@@ -1,0 +1,286 @@
+//! `iomt deadletter list` and `iomt deadletter redrive`: what was dead-lettered, and sending it
+//! through the pipeline again after a template (or data) fix.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use super::io::stdout;
+use super::{EXIT_OK, EXIT_USAGE};
+use crate::adapters::local::{DirDeadLetterStore, NdjsonFhirStore};
+use crate::device::DeviceTemplateSet;
+use crate::fhir::FhirTemplateSet;
+use crate::json::{JObject, JToken};
+use crate::pipeline::deadletter::{DeadLetterRecord, Origin, PayloadKind, Stage};
+use crate::pipeline::identity::IdentityResolver;
+use crate::pipeline::metrics::{Metrics, labels};
+use crate::pipeline::ports::{DeadLetterStore, FhirApi, PartitionSource, SourceError, SourceEvent};
+use crate::pipeline::run::{
+    Decoder, MeasurementDecoder, NormalizingDecoder, StageContext, StageSettings, Swappable, TransformContext,
+    transform_partition,
+};
+use crate::pipeline::writer::{ObservationWriter, WriterSettings};
+
+/// `iomt deadletter` commands.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Print the dead-letter records, one JSON object per line.
+    List(ListArgs),
+    /// Process the records again with the current templates; those that land are removed, those
+    /// that fail again are dead-lettered anew.
+    Redrive(Box<RedriveArgs>),
+}
+
+/// Where the records are.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The local state directory (`iomt run --local --state-dir`).
+    #[arg(long, value_name = "DIR", default_value = ".iomt")]
+    state_dir: PathBuf,
+}
+
+impl StoreArgs {
+    fn store(&self) -> DirDeadLetterStore {
+        DirDeadLetterStore::new(self.state_dir.join("deadletter"))
+    }
+}
+
+/// Arguments of `iomt deadletter list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only records of this stage.
+    #[arg(long, value_enum)]
+    stage: Option<StageArg>,
+}
+
+/// A pipeline stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StageArg {
+    /// Normalization.
+    Normalize,
+    /// Transformation to FHIR.
+    Transform,
+}
+
+impl StageArg {
+    fn matches(self, stage: Stage) -> bool {
+        matches!(
+            (self, stage),
+            (StageArg::Normalize, Stage::Normalize) | (StageArg::Transform, Stage::Transform)
+        )
+    }
+}
+
+/// Arguments of `iomt deadletter redrive`.
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The device-mapping template (for records of device events).
+    #[arg(long, value_name = "devicecontent.json")]
+    device_mapping: PathBuf,
+    /// The FHIR mapping template.
+    #[arg(long, value_name = "fhirmapping.json")]
+    fhir_mapping: PathBuf,
+    /// Where Observations go without --fhir-url (default `<state-dir>/fhir`, as `iomt run --local`).
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// The FHIR server to write to.
+    #[cfg(feature = "service")]
+    #[command(flatten)]
+    server: super::persist::ServerArgs,
+}
+
+pub fn run(command: DeadLetterCommand) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match command {
+        DeadLetterCommand::List(args) => runtime.block_on(list(args)),
+        DeadLetterCommand::Redrive(args) => runtime.block_on(redrive(*args)),
+    }
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<u8> {
+    let records = args
+        .store
+        .store()
+        .list()
+        .await
+        .map_err(|error| anyhow::anyhow!(error))?;
+    let mut out = stdout();
+    for (name, record) in records {
+        if args.stage.is_some_and(|stage| !stage.matches(record.stage)) {
+            continue;
+        }
+        let mut value = serde_json::to_value(&record)?;
+        value["name"] = serde_json::Value::String(name);
+        writeln!(out, "{value}")?;
+    }
+    out.flush()?;
+    Ok(EXIT_OK)
+}
+
+/// The records as a finite partition.
+struct RecordSource {
+    events: Vec<SourceEvent>,
+    done: bool,
+}
+
+#[async_trait]
+impl PartitionSource for RecordSource {
+    fn partition_id(&self) -> &str {
+        "redrive"
+    }
+
+    async fn receive(&mut self, _: usize, _: std::time::Duration) -> Result<Vec<SourceEvent>, SourceError> {
+        if self.done {
+            return Err(SourceError::Ended("all records redriven".into()));
+        }
+        self.done = true;
+        Ok(std::mem::take(&mut self.events))
+    }
+
+    async fn checkpoint(&mut self, _: &Origin) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+fn bag(map: &serde_json::Map<String, serde_json::Value>) -> JObject {
+    match JToken::from(&serde_json::Value::Object(map.clone())) {
+        JToken::Object(object) => object,
+        _ => JObject::new(),
+    }
+}
+
+fn event(record: &DeadLetterRecord) -> SourceEvent {
+    SourceEvent {
+        origin: Origin {
+            partition: record.partition.clone(),
+            offset: record.offset.clone(),
+            sequence_number: record.sequence_number,
+            enqueued_time: record
+                .enqueued_time
+                .as_deref()
+                .and_then(crate::model::parse_utc_lenient),
+        },
+        body: record.payload_bytes(),
+        properties: bag(&record.properties),
+        system_properties: bag(&record.system_properties),
+    }
+}
+
+async fn redrive(args: RedriveArgs) -> anyhow::Result<u8> {
+    let read =
+        |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
+    let device = match DeviceTemplateSet::parse(&read(&args.device_mapping)?) {
+        Ok(templates) => templates,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("{}:{}: {}", args.device_mapping.display(), error.pos, error.message);
+            }
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let fhir = match FhirTemplateSet::parse(&read(&args.fhir_mapping)?) {
+        Ok(templates) => templates,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("{}:{}: {}", args.fhir_mapping.display(), error.pos, error.message);
+            }
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let store = args.store.store();
+    let records = store.list().await.map_err(|error| anyhow::anyhow!(error))?;
+    if records.is_empty() {
+        eprintln!(
+            "iomt: no dead-letter records in {}",
+            args.store.state_dir.join("deadletter").display()
+        );
+        return Ok(EXIT_OK);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let writer = writer(&args, metrics.clone())?;
+    let fhir = Swappable::new(fhir);
+    let settings = StageSettings::default();
+    let shutdown = CancellationToken::new();
+    let device = Arc::new(Swappable::new(device));
+    let normalizing = NormalizingDecoder::new(device);
+    for kind in [PayloadKind::DeviceEvent, PayloadKind::Measurement] {
+        let events: Vec<SourceEvent> = records
+            .iter()
+            .filter(|(_, record)| record.payload_kind == kind)
+            .map(|(_, record)| event(record))
+            .collect();
+        if events.is_empty() {
+            continue;
+        }
+        let decoder: &dyn Decoder = match kind {
+            PayloadKind::DeviceEvent => &normalizing,
+            PayloadKind::Measurement => &MeasurementDecoder,
+        };
+        let context = TransformContext {
+            writer: &writer,
+            templates: &fhir,
+            state: None,
+            state_prefix: "redrive",
+            stage: StageContext {
+                dead_letters: &store,
+                settings: &settings,
+                metrics: &metrics,
+                shutdown: &shutdown,
+            },
+        };
+        let mut source = RecordSource { events, done: false };
+        transform_partition(&mut source, decoder, &context).await;
+    }
+    // Every old record was processed: it landed or has a new record now.
+    for (name, _) in &records {
+        store.remove(name).await.map_err(|error| anyhow::anyhow!(error))?;
+    }
+    let again: u64 = metrics
+        .encode()
+        .lines()
+        .filter(|line| line.starts_with("iomt_dead_letters_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    let count = |operation: &str| {
+        metrics
+            .observations
+            .get_or_create(&labels([("operation", operation)]))
+            .get()
+    };
+    eprintln!(
+        "iomt: redrove {} records: {} Observations created, {} updated, {} unchanged; {again} records dead-lettered again",
+        records.len(),
+        count("created"),
+        count("updated"),
+        count("unchanged")
+    );
+    Ok(EXIT_OK)
+}
+
+fn writer(args: &RedriveArgs, metrics: Arc<Metrics>) -> anyhow::Result<ObservationWriter> {
+    #[cfg(feature = "service")]
+    if let Some(url) = &args.server.fhir_url {
+        return args.server.writer(url, metrics);
+    }
+    let _ = metrics;
+    let output = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| args.store.state_dir.join("fhir"));
+    let store = NdjsonFhirStore::open(&output).with_context(|| format!("cannot open {}", output.display()))?;
+    let api: Arc<dyn FhirApi> = Arc::new(store);
+    Ok(ObservationWriter::new(
+        api,
+        IdentityResolver::from_measurements(),
+        WriterSettings::default(),
+    ))
+}

@@ -1,0 +1,700 @@
+//! The per-partition loops of the two stages.
+//!
+//! - normalize: device events → Measurements sent on (the `normalizeddata` hub); failures to the
+//!   dead-letter store; the checkpoint moves once both are durable.
+//! - transform: Measurements (or, in local mode, device events normalized on the spot) wait in
+//!   [`PendingWindows`] and are written to FHIR when due; the checkpoint moves past an event only
+//!   when its effect is durable: written to FHIR, dead-lettered, or in a saved snapshot of the
+//!   waiting Measurements. A restart (or a new owner of the partition) loads the snapshot and
+//!   resumes after the checkpoint, so nothing is lost, and writing a reading twice changes
+//!   nothing in FHIR.
+//!
+//! Transient failures (FHIR, Event Hubs, storage) are retried with backoff until they clear or
+//! the process shuts down; no partition stalls on bad data, which is dead-lettered.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::device::DeviceTemplateSet;
+use crate::fhir::FhirTemplateSet;
+use crate::fhir::group::window_end;
+use crate::model::Measurement;
+use crate::pipeline::deadletter::{DeadLetterRecord, Origin, PayloadKind, Stage};
+use crate::pipeline::metrics::{Metrics, labels};
+use crate::pipeline::normalize::{normalize_events, to_map};
+use crate::pipeline::pending::{FlushPolicy, PendingReading, PendingWindows, Snapshot};
+use crate::pipeline::ports::{
+    DeadLetterStore, FhirApiErrorKind, MeasurementSink, PartitionSource, SourceError, SourceEvent, StateError,
+    StateStore,
+};
+use crate::pipeline::writer::ObservationWriter;
+
+/// A value replaced at run time (templates reloaded from storage).
+#[derive(Debug)]
+pub struct Swappable<T> {
+    current: RwLock<Arc<T>>,
+}
+
+impl<T> Swappable<T> {
+    /// Holds `value`.
+    pub fn new(value: T) -> Self {
+        Swappable {
+            current: RwLock::new(Arc::new(value)),
+        }
+    }
+
+    /// The current value.
+    pub fn get(&self) -> Arc<T> {
+        self.current
+            .read()
+            .expect("never poisoned: no panics while held")
+            .clone()
+    }
+
+    /// Replaces the value.
+    pub fn set(&self, value: T) {
+        *self.current.write().expect("never poisoned: no panics while held") = Arc::new(value);
+    }
+}
+
+/// Timing of the partition loops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSettings {
+    /// Events read at once.
+    pub receive_batch: usize,
+    /// How long a read waits for the first event.
+    pub receive_wait: Duration,
+    /// How often the checkpoint (and snapshot) is written while events flow.
+    pub checkpoint_interval: Duration,
+    /// When waiting Measurements are written to FHIR.
+    pub flush: FlushPolicy,
+    /// First backoff after a transient failure (doubled up to `retry_max`).
+    pub retry_initial: Duration,
+    /// Longest backoff.
+    pub retry_max: Duration,
+}
+
+impl Default for StageSettings {
+    fn default() -> Self {
+        StageSettings {
+            receive_batch: 500,
+            receive_wait: Duration::from_millis(200),
+            checkpoint_interval: Duration::from_secs(5),
+            flush: FlushPolicy::default(),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a partition loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionEnd {
+    /// The partition went to another owner.
+    Lost,
+    /// The input ended (local files) and everything was written.
+    Ended,
+    /// Shutdown was requested; what could be written was written.
+    Shutdown,
+}
+
+/// What the loops need besides the source.
+pub struct StageContext<'a> {
+    /// Where dead-letter records go.
+    pub dead_letters: &'a dyn DeadLetterStore,
+    /// Timing.
+    pub settings: &'a StageSettings,
+    /// Metrics.
+    pub metrics: &'a Metrics,
+    /// Cancelled on shutdown.
+    pub shutdown: &'a CancellationToken,
+}
+
+/// Retries `attempt` with exponential backoff until it succeeds; `None` if shutdown came first.
+/// (The attempts are boxed futures: unboxed ones that borrow trip rustc's higher-ranked `Send`
+/// check when the partition task is spawned.)
+async fn retry<'f, T, E: std::fmt::Display>(
+    context: &StageContext<'_>,
+    target: &'static str,
+    what: &str,
+    mut attempt: impl FnMut() -> BoxFuture<'f, Result<T, E>>,
+) -> Option<T> {
+    let mut delay = context.settings.retry_initial;
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(error) => {
+                context
+                    .metrics
+                    .retries
+                    .get_or_create(&labels([("target", target)]))
+                    .inc();
+                tracing::warn!(target_system = target, error = %error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying.");
+                tokio::select! {
+                    _ = context.shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(context.settings.retry_max);
+            }
+        }
+    }
+}
+
+async fn write_dead_letters(context: &StageContext<'_>, records: &[DeadLetterRecord]) -> Option<()> {
+    if records.is_empty() {
+        return Some(());
+    }
+    retry(context, "storage", "Writing dead-letter records", || {
+        context.dead_letters.write(records).boxed()
+    })
+    .await?;
+    for record in records {
+        context
+            .metrics
+            .dead_letters
+            .get_or_create(&labels([
+                ("stage", record.stage.as_str()),
+                ("error_type", &record.error_kind),
+            ]))
+            .inc();
+    }
+    tracing::warn!(
+        count = records.len(),
+        stage = records[0].stage.as_str(),
+        "Messages dead-lettered."
+    );
+    Some(())
+}
+
+/// Tracks what a partition loop has seen and checkpointed.
+struct Progress {
+    last_seen: Option<Origin>,
+    uncheckpointed: usize,
+    last_checkpoint: std::time::Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            last_seen: None,
+            uncheckpointed: 0,
+            last_checkpoint: std::time::Instant::now(),
+        }
+    }
+
+    fn due(&self, interval: Duration) -> bool {
+        self.uncheckpointed > 0 && self.last_checkpoint.elapsed() >= interval
+    }
+}
+
+/// Normalizes one partition until it ends, is lost, or shutdown.
+pub async fn normalize_partition(
+    source: &mut dyn PartitionSource,
+    templates: &Swappable<DeviceTemplateSet>,
+    sink: &dyn MeasurementSink,
+    context: &StageContext<'_>,
+) -> PartitionEnd {
+    let partition = source.partition_id().to_string();
+    let lag = context
+        .metrics
+        .checkpoint_lag
+        .get_or_create(&labels([("stage", "normalize"), ("partition", &partition)]))
+        .clone();
+    let mut progress = Progress::new();
+    loop {
+        if context.shutdown.is_cancelled() {
+            checkpoint_source(source, &mut progress, context).await;
+            return PartitionEnd::Shutdown;
+        }
+        let events = match source
+            .receive(context.settings.receive_batch, context.settings.receive_wait)
+            .await
+        {
+            Ok(events) => events,
+            Err(SourceError::Ended(_)) => {
+                checkpoint_source(source, &mut progress, context).await;
+                return PartitionEnd::Ended;
+            }
+            Err(SourceError::Closed(reason)) => {
+                tracing::info!(partition = %partition, reason = %reason, "Partition closed.");
+                return PartitionEnd::Lost;
+            }
+            Err(SourceError::Transient(error)) => {
+                tracing::warn!(partition = %partition, error = %error, "Reading the partition failed; retrying.");
+                tokio::time::sleep(context.settings.retry_initial).await;
+                continue;
+            }
+        };
+        if !events.is_empty() {
+            context
+                .metrics
+                .events_received
+                .get_or_create(&labels([("stage", "normalize")]))
+                .inc_by(events.len() as u64);
+            let now = Utc::now();
+            let normalized = normalize_events(&templates.get(), &events, now);
+            context.metrics.events_unmatched.inc_by(normalized.unmatched as u64);
+            let measurements: Vec<Measurement> = normalized.measurements.iter().map(|(m, _)| m.clone()).collect();
+            let Some(too_large) = retry(context, "eventhubs", "Sending Measurements", || {
+                sink.send(&measurements).boxed()
+            })
+            .await
+            else {
+                return PartitionEnd::Shutdown;
+            };
+            context
+                .metrics
+                .measurements_normalized
+                .inc_by((measurements.len() - too_large.len()) as u64);
+            let mut dead_letters = normalized.dead_letters;
+            for index in too_large {
+                let (_, event) = &normalized.measurements[index];
+                dead_letters.push(DeadLetterRecord::new(
+                    Stage::Normalize,
+                    "MeasurementTooLargeException",
+                    "The Measurement is larger than an event the normalized hub accepts.",
+                    &events[*event].origin,
+                    PayloadKind::DeviceEvent,
+                    &events[*event].body,
+                    to_map(&events[*event].properties),
+                    to_map(&events[*event].system_properties),
+                    now,
+                ));
+            }
+            if write_dead_letters(context, &dead_letters).await.is_none() {
+                return PartitionEnd::Shutdown;
+            }
+            progress.last_seen = events.last().map(|event| event.origin.clone());
+            progress.uncheckpointed += events.len();
+            lag.set(progress.uncheckpointed as i64);
+        }
+        if progress.due(context.settings.checkpoint_interval) {
+            if !checkpoint_source(source, &mut progress, context).await {
+                return PartitionEnd::Lost;
+            }
+            lag.set(0);
+        }
+    }
+}
+
+/// Checkpoints the source after the last event seen; false when the partition is lost.
+async fn checkpoint_source(
+    source: &mut dyn PartitionSource,
+    progress: &mut Progress,
+    context: &StageContext<'_>,
+) -> bool {
+    let Some(through) = progress.last_seen.clone() else {
+        return true;
+    };
+    if progress.uncheckpointed == 0 {
+        return true;
+    }
+    let mut delay = context.settings.retry_initial;
+    for _ in 0..5 {
+        match source.checkpoint(&through).await {
+            Ok(()) => {
+                progress.uncheckpointed = 0;
+                progress.last_checkpoint = std::time::Instant::now();
+                return true;
+            }
+            Err(SourceError::Closed(_) | SourceError::Ended(_)) => return false,
+            Err(SourceError::Transient(error)) => {
+                context
+                    .metrics
+                    .retries
+                    .get_or_create(&labels([("target", "storage")]))
+                    .inc();
+                tracing::warn!(error = %error, "Writing the checkpoint failed; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(context.settings.retry_max);
+            }
+        }
+    }
+    // Not fatal: the events stay uncheckpointed and are checkpointed with later ones.
+    true
+}
+
+/// What a transform source's events decode to.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Measurements to write.
+    pub readings: Vec<PendingReading>,
+    /// Events that could not be decoded.
+    pub dead_letters: Vec<DeadLetterRecord>,
+    /// Events that decoded to nothing (no template matched).
+    pub unmatched: usize,
+}
+
+/// Turns a transform source's events into Measurements.
+pub trait Decoder: Send + Sync {
+    /// Decodes `events`.
+    fn decode(&self, events: &[SourceEvent], now: DateTime<Utc>) -> Decoded;
+}
+
+/// Events of the normalized hub: one Measurement (wire JSON) each.
+#[derive(Debug, Default)]
+pub struct MeasurementDecoder;
+
+impl Decoder for MeasurementDecoder {
+    fn decode(&self, events: &[SourceEvent], now: DateTime<Utc>) -> Decoded {
+        let mut decoded = Decoded::default();
+        for event in events {
+            let parsed = std::str::from_utf8(&event.body)
+                .map_err(|_| "the body is not UTF-8".to_string())
+                .and_then(|text| Measurement::from_json(text).map_err(|error| error.0));
+            match parsed {
+                Ok(measurement) => decoded.readings.push(PendingReading {
+                    measurement,
+                    origin: event.origin.clone(),
+                }),
+                Err(message) => decoded.dead_letters.push(DeadLetterRecord::new(
+                    Stage::Transform,
+                    "MeasurementProcessingException",
+                    &format!("The event is not a Measurement: {message}."),
+                    &event.origin,
+                    PayloadKind::Measurement,
+                    &event.body,
+                    to_map(&event.properties),
+                    to_map(&event.system_properties),
+                    now,
+                )),
+            }
+        }
+        decoded
+    }
+}
+
+/// Device events normalized on the spot (local mode: one process, no normalized hub).
+#[derive(Debug)]
+pub struct NormalizingDecoder {
+    templates: Arc<Swappable<DeviceTemplateSet>>,
+}
+
+impl NormalizingDecoder {
+    /// Normalizes with the current `templates`.
+    pub fn new(templates: Arc<Swappable<DeviceTemplateSet>>) -> Self {
+        NormalizingDecoder { templates }
+    }
+}
+
+impl Decoder for NormalizingDecoder {
+    fn decode(&self, events: &[SourceEvent], now: DateTime<Utc>) -> Decoded {
+        let normalized = normalize_events(&self.templates.get(), events, now);
+        Decoded {
+            readings: normalized
+                .measurements
+                .into_iter()
+                .map(|(measurement, index)| PendingReading {
+                    measurement,
+                    origin: events[index].origin.clone(),
+                })
+                .collect(),
+            dead_letters: normalized.dead_letters,
+            unmatched: normalized.unmatched,
+        }
+    }
+}
+
+/// What the transform loop writes with.
+pub struct TransformContext<'a> {
+    /// The FHIR writer.
+    pub writer: &'a ObservationWriter,
+    /// The FHIR mapping, reloadable.
+    pub templates: &'a Swappable<FhirTemplateSet>,
+    /// Where snapshots of waiting Measurements are kept; none keeps nothing across restarts
+    /// (the checkpoint then only moves after writes).
+    pub state: Option<&'a dyn StateStore>,
+    /// Snapshot name prefix (a stage and hub scope).
+    pub state_prefix: &'a str,
+    /// The rest.
+    pub stage: StageContext<'a>,
+}
+
+/// Writes one partition's Measurements to FHIR until it ends, is lost, or shutdown.
+pub async fn transform_partition(
+    source: &mut dyn PartitionSource,
+    decoder: &dyn Decoder,
+    context: &TransformContext<'_>,
+) -> PartitionEnd {
+    let stage = &context.stage;
+    let partition = source.partition_id().to_string();
+    let state_name = format!("{}/{partition}.json", context.state_prefix);
+    let gauge = stage
+        .metrics
+        .pending_measurements
+        .get_or_create(&labels([("partition", &partition)]))
+        .clone();
+    let lag = stage
+        .metrics
+        .checkpoint_lag
+        .get_or_create(&labels([("stage", "transform"), ("partition", &partition)]))
+        .clone();
+    let mut pending = PendingWindows::default();
+    let mut progress = Progress::new();
+    // The snapshot's version tag, and whether the stored snapshot holds readings.
+    let mut snapshot_tag: Option<String> = None;
+    let mut snapshot_holds_readings = false;
+    let mut skip_through: Option<i64> = None;
+    if let Some(state) = context.state {
+        let Some(loaded) = retry(stage, "storage", "Loading the partition snapshot", || {
+            state.load(&state_name).boxed()
+        })
+        .await
+        else {
+            return PartitionEnd::Shutdown;
+        };
+        if let Some((bytes, tag)) = loaded {
+            snapshot_tag = Some(tag);
+            match Snapshot::from_bytes(&bytes) {
+                Ok(snapshot) => {
+                    let now = Utc::now();
+                    snapshot_holds_readings = !snapshot.readings.is_empty();
+                    tracing::info!(partition = %partition, readings = snapshot.readings.len(), "Resuming from the partition snapshot.");
+                    for reading in snapshot.readings {
+                        let end = window_end_of(context.templates, &reading.measurement);
+                        pending.push(reading, end, now);
+                    }
+                    skip_through = snapshot.through_sequence;
+                }
+                Err(error) => {
+                    tracing::error!(partition = %partition, error = %error, "Ignoring an unreadable partition snapshot.")
+                }
+            }
+        }
+    }
+    loop {
+        if stage.shutdown.is_cancelled() {
+            // Best effort: what is written or snapshotted is checkpointed.
+            let _ = persist_progress(
+                source,
+                &mut pending,
+                &mut progress,
+                context,
+                &state_name,
+                &mut snapshot_tag,
+                &mut snapshot_holds_readings,
+            )
+            .await;
+            return PartitionEnd::Shutdown;
+        }
+        let received = source
+            .receive(stage.settings.receive_batch, stage.settings.receive_wait)
+            .await;
+        let mut ended = false;
+        match received {
+            Ok(events) if !events.is_empty() => {
+                let now = Utc::now();
+                stage
+                    .metrics
+                    .events_received
+                    .get_or_create(&labels([("stage", "transform")]))
+                    .inc_by(events.len() as u64);
+                progress.last_seen = events.last().map(|event| event.origin.clone());
+                progress.uncheckpointed += events.len();
+                let fresh: Vec<SourceEvent> = events
+                    .into_iter()
+                    .filter(|event| match (skip_through, event.origin.sequence_number) {
+                        (Some(through), Some(sequence)) => sequence > through,
+                        _ => true,
+                    })
+                    .collect();
+                let decoded = decoder.decode(&fresh, now);
+                stage.metrics.events_unmatched.inc_by(decoded.unmatched as u64);
+                if write_dead_letters(stage, &decoded.dead_letters).await.is_none() {
+                    return PartitionEnd::Shutdown;
+                }
+                for reading in decoded.readings {
+                    let end = window_end_of(context.templates, &reading.measurement);
+                    pending.push(reading, end, now);
+                }
+                gauge.set(pending.len() as i64);
+                lag.set(progress.uncheckpointed as i64);
+            }
+            Ok(_) => {}
+            Err(SourceError::Ended(_)) => ended = true,
+            Err(SourceError::Closed(reason)) => {
+                tracing::info!(partition = %partition, reason = %reason, "Partition closed.");
+                return PartitionEnd::Lost;
+            }
+            Err(SourceError::Transient(error)) => {
+                tracing::warn!(partition = %partition, error = %error, "Reading the partition failed; retrying.");
+                tokio::time::sleep(stage.settings.retry_initial).await;
+                continue;
+            }
+        }
+        let now = Utc::now();
+        if (ended && !pending.is_empty()) || pending.is_due(now, &stage.settings.flush) {
+            if flush(&mut pending, context).await.is_none() {
+                return PartitionEnd::Shutdown;
+            }
+            gauge.set(0);
+        }
+        if ended || progress.due(stage.settings.checkpoint_interval) {
+            match persist_progress(
+                source,
+                &mut pending,
+                &mut progress,
+                context,
+                &state_name,
+                &mut snapshot_tag,
+                &mut snapshot_holds_readings,
+            )
+            .await
+            {
+                Ok(()) => {
+                    lag.set(progress.uncheckpointed as i64);
+                }
+                Err(end) => return end,
+            }
+        }
+        if ended {
+            return PartitionEnd::Ended;
+        }
+    }
+}
+
+fn window_end_of(templates: &Swappable<FhirTemplateSet>, measurement: &Measurement) -> Option<DateTime<Utc>> {
+    let template = templates.get();
+    let template = template.get(&measurement.type_name)?;
+    window_end(template.period_interval, measurement.occurrence_time_utc)
+}
+
+/// Saves the snapshot (when readings wait, or to clear an old one) and then the checkpoint.
+async fn persist_progress(
+    source: &mut dyn PartitionSource,
+    pending: &mut PendingWindows,
+    progress: &mut Progress,
+    context: &TransformContext<'_>,
+    state_name: &str,
+    snapshot_tag: &mut Option<String>,
+    snapshot_holds_readings: &mut bool,
+) -> Result<(), PartitionEnd> {
+    let Some(through) = progress.last_seen.clone() else {
+        return Ok(());
+    };
+    if progress.uncheckpointed == 0 {
+        return Ok(());
+    }
+    match context.state {
+        Some(state) if !pending.is_empty() || *snapshot_holds_readings => {
+            let snapshot = Snapshot {
+                through_sequence: through.sequence_number,
+                readings: pending.readings().to_vec(),
+            };
+            let bytes = snapshot.to_bytes();
+            let expected = snapshot_tag.clone();
+            let saved = retry(&context.stage, "storage", "Saving the partition snapshot", || {
+                let expected = expected.clone();
+                let bytes = &bytes;
+                async move {
+                    match state.save(state_name, bytes, expected.as_deref()).await {
+                        Err(StateError::Conflict) => Ok(Err(())),
+                        Err(StateError::Transient(error)) => Err(error),
+                        Ok(tag) => Ok(Ok(tag)),
+                    }
+                }
+                .boxed()
+            })
+            .await
+            .ok_or(PartitionEnd::Shutdown)?;
+            match saved {
+                Ok(tag) => {
+                    *snapshot_tag = Some(tag);
+                    *snapshot_holds_readings = !pending.is_empty();
+                }
+                Err(()) => {
+                    tracing::warn!(
+                        state = state_name,
+                        "Another replica owns this partition's snapshot now; letting go."
+                    );
+                    return Err(PartitionEnd::Lost);
+                }
+            }
+        }
+        // Without a snapshot store, nothing waiting may be checkpointed past.
+        None if !pending.is_empty() => return Ok(()),
+        _ => {}
+    }
+    if checkpoint_source(source, progress, &context.stage).await {
+        Ok(())
+    } else {
+        Err(PartitionEnd::Lost)
+    }
+}
+
+/// Writes the waiting Measurements; failures are dead-lettered. `None` on shutdown.
+async fn flush(pending: &mut PendingWindows, context: &TransformContext<'_>) -> Option<()> {
+    let stage = &context.stage;
+    let readings = pending.readings().to_vec();
+    let measurements: Vec<Measurement> = readings.iter().map(|r| r.measurement.clone()).collect();
+    let templates = context.templates.get();
+    let report = retry(stage, "fhir", "Writing Observations", || {
+        async {
+            let result = context.writer.write(&templates, &measurements, Utc::now()).await;
+            if let Err(error) = &result
+                && error.kind == FhirApiErrorKind::Unauthorized
+            {
+                tracing::error!(error = %error, "The FHIR server refuses the connector's credentials; check the identity's role.");
+            }
+            result
+        }
+        .boxed()
+    })
+    .await?;
+    let now = Utc::now();
+    let mut dead_letters = Vec::new();
+    let mut failed = vec![false; readings.len()];
+    for failure in &report.failures {
+        for &member in &failure.members {
+            failed[member] = true;
+            let reading = &readings[member];
+            dead_letters.push(DeadLetterRecord::new(
+                Stage::Transform,
+                failure.error.kind.as_str(),
+                &failure.error.message,
+                &reading.origin,
+                PayloadKind::Measurement,
+                reading.measurement.to_json().as_bytes(),
+                serde_json::Map::new(),
+                serde_json::Map::new(),
+                now,
+            ));
+        }
+    }
+    write_dead_letters(stage, &dead_letters).await?;
+    let metrics = stage.metrics;
+    metrics.measurements_grouped.inc_by(readings.len() as u64);
+    for (operation, count) in [
+        ("created", report.created),
+        ("updated", report.updated),
+        ("unchanged", report.unchanged),
+    ] {
+        metrics
+            .observations
+            .get_or_create(&labels([("operation", operation)]))
+            .inc_by(count as u64);
+    }
+    for (reading, failed) in readings.iter().zip(failed) {
+        if let (false, Some(enqueued)) = (failed, reading.origin.enqueued_time) {
+            let latency = (now - enqueued).max(TimeDelta::zero());
+            metrics
+                .end_to_end_latency
+                .observe(latency.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
+        }
+    }
+    tracing::debug!(
+        measurements = readings.len(),
+        created = report.created,
+        updated = report.updated,
+        unchanged = report.unchanged,
+        failed = report.failures.len(),
+        "Observations written."
+    );
+    pending.clear();
+    Some(())
+}
