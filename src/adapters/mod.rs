@@ -3,5 +3,7 @@
 //! HTTP adapters need the `service` feature.
 
 #[cfg(feature = "service")]
+pub mod blob;
+#[cfg(feature = "service")]
 pub mod fhir_http;
 pub mod local;

@@ -8,7 +8,10 @@ use crate::fhir_r4::observation_problems;
 use crate::util::{TempDir, iomt};
 
 fn sample(folder: &str, file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("templates").join(folder).join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("templates")
+        .join(folder)
+        .join(file)
 }
 
 fn run_local(state: &Path, device: &Path, fhir: &Path, inputs: &[&Path], format: &str) -> std::process::Output {
@@ -39,7 +42,11 @@ fn observations(text: &str) -> Vec<Value> {
             observation
         })
         .collect();
-    list.sort_by(|a, b| a["identifier"][0]["value"].as_str().cmp(&b["identifier"][0]["value"].as_str()));
+    list.sort_by(|a, b| {
+        a["identifier"][0]["value"]
+            .as_str()
+            .cmp(&b["identifier"][0]["value"].as_str())
+    });
     list
 }
 
@@ -63,7 +70,11 @@ fn the_local_pipeline_lands_what_map_shows_for_every_sample() {
             &[&sample(folder, input)],
             format,
         );
-        assert!(output.status.success(), "{folder}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{folder}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let landed = stored(dir.path());
         let mapped = iomt()
             .args(["map", "--format", format, "--device-mapping"])
@@ -75,7 +86,11 @@ fn the_local_pipeline_lands_what_map_shows_for_every_sample() {
             .output()
             .unwrap();
         assert!(!landed.is_empty(), "{folder}");
-        assert_eq!(landed, observations(&String::from_utf8(mapped.stdout).unwrap()), "{folder}");
+        assert_eq!(
+            landed,
+            observations(&String::from_utf8(mapped.stdout).unwrap()),
+            "{folder}"
+        );
         for observation in &landed {
             assert_eq!(observation_problems(observation), Vec::<String>::new(), "{folder}");
         }
@@ -117,7 +132,11 @@ fn a_restart_resumes_after_the_checkpoint_and_ends_where_one_run_ends() {
     let whole = TempDir::new("whole");
     let input = whole.path().join("in.jsonl");
     std::fs::write(&input, heart_rate_lines(0..120)).unwrap();
-    assert!(run_local(&whole.path().join("state"), &device, &fhir, &[&input], "body").status.success());
+    assert!(
+        run_local(&whole.path().join("state"), &device, &fhir, &[&input], "body")
+            .status
+            .success()
+    );
     let expected = stored(&whole.path().join("state"));
 
     let parts = TempDir::new("parts");
@@ -132,7 +151,10 @@ fn a_restart_resumes_after_the_checkpoint_and_ends_where_one_run_ends() {
     assert!(summary.contains("70 events"), "only the new lines are read: {summary}");
     let actual = stored(&state);
     assert_eq!(data_of(&actual), data_of(&expected));
-    assert_eq!(actual[0]["status"], "amended", "the second run merged into the first run's Observation");
+    assert_eq!(
+        actual[0]["status"], "amended",
+        "the second run merged into the first run's Observation"
+    );
 }
 
 #[test]
@@ -155,7 +177,8 @@ fn poison_messages_are_dead_lettered_and_a_template_fix_redrives_them() {
     )
     .unwrap();
     // A FHIR mapping without body temperature: its Measurement cannot be mapped.
-    let full: Value = serde_json::from_str(&std::fs::read_to_string(sample("json-device", "fhirmapping.json")).unwrap()).unwrap();
+    let full: Value =
+        serde_json::from_str(&std::fs::read_to_string(sample("json-device", "fhirmapping.json")).unwrap()).unwrap();
     let mut partial = full.clone();
     partial["template"]
         .as_array_mut()
@@ -182,7 +205,13 @@ fn poison_messages_are_dead_lettered_and_a_template_fix_redrives_them() {
     let records = list(&state);
     let kinds: Vec<(&str, &str, &str)> = records
         .iter()
-        .map(|r| (r["stage"].as_str().unwrap(), r["errorKind"].as_str().unwrap(), r["offset"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["stage"].as_str().unwrap(),
+                r["errorKind"].as_str().unwrap(),
+                r["offset"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         kinds,
@@ -197,7 +226,12 @@ fn poison_messages_are_dead_lettered_and_a_template_fix_redrives_them() {
     // The heart-rate readings landed despite the poison around them.
     let landed = stored(&state);
     assert_eq!(landed.len(), 1);
-    assert!(landed[0]["valueSampledData"]["data"].as_str().unwrap().starts_with("72 E E E E E 73"));
+    assert!(
+        landed[0]["valueSampledData"]["data"]
+            .as_str()
+            .unwrap()
+            .starts_with("72 E E E E E 73")
+    );
 
     let redrive = iomt()
         .args(["deadletter", "redrive", "--state-dir"])
@@ -214,7 +248,10 @@ fn poison_messages_are_dead_lettered_and_a_template_fix_redrives_them() {
     assert!(remaining.iter().all(|r| r["stage"] == "normalize"));
     let landed = stored(&state);
     assert_eq!(landed.len(), 2);
-    assert!(landed.iter().any(|o| o["code"]["coding"][0]["code"] == "8310-5"), "the temperature landed");
+    assert!(
+        landed.iter().any(|o| o["code"]["coding"][0]["code"] == "8310-5"),
+        "the temperature landed"
+    );
 }
 
 #[test]
@@ -232,5 +269,8 @@ fn an_invalid_template_stops_the_run_with_positions() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("broken.json:1:"), "{stderr}");
-    assert!(stderr.contains("Required property 'Codes' not found in JSON."), "{stderr}");
+    assert!(
+        stderr.contains("Required property 'Codes' not found in JSON."),
+        "{stderr}"
+    );
 }

@@ -1,6 +1,8 @@
 //! The integration test binary: the `iomt` CLI run as a user runs it, against golden fixtures,
 //! and (with the `service` feature) the FHIR adapter against a real FHIR server.
 
+#[cfg(feature = "service")]
+mod blob_storage;
 mod cli;
 #[cfg(feature = "service")]
 mod fhir_auth;
