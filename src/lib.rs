@@ -17,6 +17,7 @@
 
 pub mod adapters;
 pub mod cli;
+pub mod config;
 pub mod device;
 pub mod expr;
 pub mod fhir;

@@ -3,7 +3,11 @@
 //! HTTP adapters need the `service` feature.
 
 #[cfg(feature = "service")]
+pub mod azure;
+#[cfg(feature = "service")]
 pub mod blob;
+#[cfg(feature = "service")]
+pub mod eventhubs;
 #[cfg(feature = "service")]
 pub mod fhir_http;
 pub mod local;

@@ -42,11 +42,34 @@ pub struct StoreArgs {
     /// The local state directory (`iomt run --local --state-dir`).
     #[arg(long, value_name = "DIR", default_value = ".iomt")]
     state_dir: PathBuf,
+    /// The worker's configuration: records are in its dead-letter container.
+    #[cfg(feature = "service")]
+    #[arg(long, value_name = "iomt.toml")]
+    config: Option<PathBuf>,
 }
 
 impl StoreArgs {
-    fn store(&self) -> DirDeadLetterStore {
-        DirDeadLetterStore::new(self.state_dir.join("deadletter"))
+    /// The worker configuration, when given.
+    #[cfg(feature = "service")]
+    fn worker_config(&self) -> anyhow::Result<Option<crate::config::Config>> {
+        let Some(path) = &self.config else { return Ok(None) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        crate::config::Config::load(&text, std::env::vars())
+            .map(Some)
+            .map_err(|problems| anyhow::anyhow!("{}: {}", path.display(), problems.join("; ")))
+    }
+
+    fn store(&self) -> anyhow::Result<Box<dyn DeadLetterStore>> {
+        #[cfg(feature = "service")]
+        if let Some(config) = self.worker_config()? {
+            let azure = super::worker::azure_credential(&config)?;
+            let storage = super::worker::storage(&config, &azure)?;
+            let container = storage
+                .container(&config.storage.deadletter_container)
+                .map_err(anyhow::Error::msg)?;
+            return Ok(Box::new(crate::adapters::blob::BlobDeadLetterStore::new(container)));
+        }
+        Ok(Box::new(DirDeadLetterStore::new(self.state_dir.join("deadletter"))))
     }
 }
 
@@ -83,12 +106,12 @@ impl StageArg {
 pub struct RedriveArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// The device-mapping template (for records of device events).
+    /// The device-mapping template (for records of device events; local mode).
     #[arg(long, value_name = "devicecontent.json")]
-    device_mapping: PathBuf,
-    /// The FHIR mapping template.
+    device_mapping: Option<PathBuf>,
+    /// The FHIR mapping template (local mode).
     #[arg(long, value_name = "fhirmapping.json")]
-    fhir_mapping: PathBuf,
+    fhir_mapping: Option<PathBuf>,
     /// Where Observations go without --fhir-url (default `<state-dir>/fhir`, as `iomt run --local`).
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
@@ -109,7 +132,7 @@ pub fn run(command: DeadLetterCommand) -> anyhow::Result<u8> {
 async fn list(args: ListArgs) -> anyhow::Result<u8> {
     let records = args
         .store
-        .store()
+        .store()?
         .list()
         .await
         .map_err(|error| anyhow::anyhow!(error))?;
@@ -176,27 +199,45 @@ fn event(record: &DeadLetterRecord) -> SourceEvent {
 }
 
 async fn redrive(args: RedriveArgs) -> anyhow::Result<u8> {
+    #[cfg(feature = "service")]
+    if let Some(config) = args.store.worker_config()? {
+        // The worker's records go back into the hubs, where the running workers (with the
+        // templates in the container) process them again.
+        let store = args.store.store()?;
+        let records = store.list().await.map_err(|error| anyhow::anyhow!(error))?;
+        let payloads: Vec<DeadLetterRecord> = records.iter().map(|(_, record)| record.clone()).collect();
+        let sent = super::worker::redrive(&config, &payloads).await?;
+        for (name, _) in &records {
+            store.remove(name).await.map_err(|error| anyhow::anyhow!(error))?;
+        }
+        eprintln!("iomt: redrove {sent} of {} records into the pipeline", records.len());
+        return Ok(EXIT_OK);
+    }
+    let (Some(device_path), Some(fhir_path)) = (&args.device_mapping, &args.fhir_mapping) else {
+        eprintln!("iomt: a local redrive needs --device-mapping and --fhir-mapping");
+        return Ok(EXIT_USAGE);
+    };
     let read =
         |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
-    let device = match DeviceTemplateSet::parse(&read(&args.device_mapping)?) {
+    let device = match DeviceTemplateSet::parse(&read(device_path)?) {
         Ok(templates) => templates,
         Err(errors) => {
             for error in errors {
-                eprintln!("{}:{}: {}", args.device_mapping.display(), error.pos, error.message);
+                eprintln!("{}:{}: {}", device_path.display(), error.pos, error.message);
             }
             return Ok(EXIT_USAGE);
         }
     };
-    let fhir = match FhirTemplateSet::parse(&read(&args.fhir_mapping)?) {
+    let fhir = match FhirTemplateSet::parse(&read(fhir_path)?) {
         Ok(templates) => templates,
         Err(errors) => {
             for error in errors {
-                eprintln!("{}:{}: {}", args.fhir_mapping.display(), error.pos, error.message);
+                eprintln!("{}:{}: {}", fhir_path.display(), error.pos, error.message);
             }
             return Ok(EXIT_USAGE);
         }
     };
-    let store = args.store.store();
+    let store = args.store.store()?;
     let records = store.list().await.map_err(|error| anyhow::anyhow!(error))?;
     if records.is_empty() {
         eprintln!(
@@ -231,7 +272,7 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<u8> {
             state: None,
             state_prefix: "redrive",
             stage: StageContext {
-                dead_letters: &store,
+                dead_letters: &*store,
                 settings: &settings,
                 metrics: &metrics,
                 shutdown: &shutdown,

@@ -9,6 +9,8 @@ mod persist;
 mod run;
 mod templates;
 mod transform;
+#[cfg(feature = "service")]
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,8 +48,8 @@ enum Command {
     /// Normalize device events and transform them into Observations in one step: the mapping
     /// debugger for a sample message.
     Map(transform::MapArgs),
-    /// Run the pipeline: `--local` on this machine (files or standard input in, FHIR server or
-    /// NDJSON files out).
+    /// Run the pipeline: `--config` the Event Hubs worker, `--local` on this machine (files or
+    /// standard input in, FHIR server or NDJSON files out).
     Run(run::RunArgs),
     /// Inspect and redrive dead-lettered messages.
     Deadletter {
@@ -65,6 +67,9 @@ enum Command {
 enum TemplatesCommand {
     /// Validate templates; prints `file:line:col: message` per error and exits 1 if any is invalid.
     Check(templates::CheckArgs),
+    /// Validate templates and upload them to the worker's template container.
+    #[cfg(feature = "service")]
+    Upload(templates::UploadArgs),
 }
 
 /// Which kind of template a file holds.
@@ -112,6 +117,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Templates {
             command: TemplatesCommand::Check(args),
         } => templates::check(args)?,
+        #[cfg(feature = "service")]
+        Command::Templates {
+            command: TemplatesCommand::Upload(args),
+        } => templates::upload(args)?,
     };
     Ok(ExitCode::from(code))
 }

@@ -31,8 +31,14 @@ use crate::template::TemplateError;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Run on this machine: device events from files or standard input, state on local disk.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     local: bool,
+    /// The worker's configuration file (TOML; `IOMT_<SECTION>_<KEY>` variables override it).
+    #[arg(long, value_name = "iomt.toml")]
+    config: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long, requires = "config")]
+    validate: bool,
     /// The device-mapping template.
     #[arg(long, value_name = "devicecontent.json", requires = "local")]
     device_mapping: Option<PathBuf>,
@@ -71,9 +77,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    if let Some(path) = &args.config {
+        return run_worker(path, args.validate);
+    }
     init_logging(args.log_format);
     if !args.local {
-        eprintln!("iomt: `iomt run` needs --local (the Event Hubs worker takes --config)");
+        eprintln!("iomt: `iomt run` needs --local, or --config <iomt.toml> for the Event Hubs worker");
         return Ok(EXIT_USAGE);
     }
     let (Some(device_path), Some(fhir_path)) = (&args.device_mapping, &args.fhir_mapping) else {
@@ -88,6 +97,43 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(run_local(args, device_templates, fhir_templates))
+}
+
+/// Reads and validates the worker configuration, then runs the worker (or only reports).
+fn run_worker(path: &Path, validate_only: bool) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config = match crate::config::Config::load(&text, std::env::vars()) {
+        Ok(config) => config,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("{}: {problem}", path.display());
+            }
+            return Ok(EXIT_USAGE);
+        }
+    };
+    if validate_only {
+        eprintln!("{}: the configuration is valid", path.display());
+        for (key, value) in config.describe() {
+            eprintln!("  {key} = {value}");
+        }
+        return Ok(EXIT_OK);
+    }
+    #[cfg(feature = "service")]
+    {
+        init_logging(if config.telemetry.log_format == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        });
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        runtime.block_on(super::worker::run(config))
+    }
+    #[cfg(not(feature = "service"))]
+    {
+        let _ = config;
+        eprintln!("iomt: this build has no Event Hubs support (feature `service`)");
+        Ok(EXIT_USAGE)
+    }
 }
 
 /// Reads and parses a template; prints its errors and returns `None` when invalid.

@@ -1,0 +1,442 @@
+//! Event Hubs through `azure_messaging_eventhubs` 0.15: an `EventProcessor` (Balanced load
+//! balancing, blob checkpoint store) hands out partitions as [`PartitionSource`]s, and a
+//! producer sends normalized Measurements keyed by device (compat.md §7.2).
+//!
+//! The SDK's partition stream is not `Send` (azure-sdk.md G1), so each partition is read on its
+//! own thread with a single-threaded runtime and handed over through a channel. Checkpoints are
+//! written straight to the checkpoint store with the event's offset and sequence number, in the
+//! layout the SDK (and KEDA's scaler) read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
+use azure_messaging_eventhubs::models::{
+    AmqpSimpleValue, AmqpValue, Checkpoint, EventData, ReceivedEventData, StartPositions,
+};
+use azure_messaging_eventhubs::processor::PartitionClient;
+use azure_messaging_eventhubs::{
+    CheckpointStore, ConsumerClient, EventDataBatchOptions, EventProcessor, ProcessorStrategy, ProducerClient,
+    RetryOptions, StartLocation, StartPosition,
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::json::{JObject, JToken, JsonDate};
+use crate::model::{Measurement, partition_key};
+use crate::pipeline::deadletter::Origin;
+use crate::pipeline::ports::{MeasurementSink, PartitionSource, SourceError, SourceEvent, TransientError};
+
+/// One Event Hub as a stage reads or writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHubConfig {
+    /// Fully qualified namespace (`myns.servicebus.windows.net`).
+    pub namespace: String,
+    /// Event Hub name.
+    pub hub: String,
+    /// Consumer group (reading only; one per stage, as MedTech requires).
+    pub consumer_group: String,
+    /// `amqp://host:port` to connect to instead of the namespace (tests, private endpoints).
+    pub custom_endpoint: Option<String>,
+}
+
+/// Load-balancing timing of an event processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessorTiming {
+    /// How often ownership is renewed and rebalanced.
+    pub update_interval: Duration,
+    /// How long an unrenewed ownership lasts (must exceed `update_interval`).
+    pub partition_expiration: Duration,
+}
+
+impl Default for ProcessorTiming {
+    fn default() -> Self {
+        ProcessorTiming {
+            update_interval: Duration::from_secs(10),
+            partition_expiration: Duration::from_secs(30),
+        }
+    }
+}
+
+fn retry_options() -> RetryOptions {
+    RetryOptions {
+        initial_delay: azure_core::time::Duration::milliseconds(200),
+        max_delay: azure_core::time::Duration::seconds(10),
+        max_total_elapsed: azure_core::time::Duration::seconds(60),
+        max_retries: 8,
+    }
+}
+
+fn duration(value: Duration) -> azure_core::time::Duration {
+    azure_core::time::Duration::milliseconds(value.as_millis() as i64)
+}
+
+/// A producer for `config`'s hub.
+pub async fn producer(config: &EventHubConfig, credential: Arc<dyn TokenCredential>) -> Result<ProducerClient, String> {
+    let mut builder = ProducerClient::builder()
+        .with_application_id("iomt-connector".into())
+        .with_retry_options(retry_options());
+    if let Some(endpoint) = &config.custom_endpoint {
+        builder = builder.with_custom_endpoint(endpoint.clone());
+    }
+    builder
+        .open(&config.namespace, &config.hub, credential)
+        .await
+        .map_err(|error| format!("cannot open Event Hub {}/{}: {error}", config.namespace, config.hub))
+}
+
+/// An event processor for `config`'s hub and consumer group, balancing partitions with other
+/// replicas through `checkpoints`; partitions without a checkpoint start at the earliest event.
+pub async fn processor(
+    config: &EventHubConfig,
+    credential: Arc<dyn TokenCredential>,
+    checkpoints: Arc<dyn CheckpointStore + Send + Sync>,
+    timing: ProcessorTiming,
+) -> Result<Arc<EventProcessor>, String> {
+    let mut builder = ConsumerClient::builder()
+        .with_application_id("iomt-connector".into())
+        .with_consumer_group(config.consumer_group.clone())
+        .with_retry_options(retry_options());
+    if let Some(endpoint) = &config.custom_endpoint {
+        builder = builder.with_custom_endpoint(endpoint.clone());
+    }
+    let consumer = builder
+        .open(&config.namespace, config.hub.clone(), credential)
+        .await
+        .map_err(|error| format!("cannot open Event Hub {}/{}: {error}", config.namespace, config.hub))?;
+    EventProcessor::builder()
+        .with_load_balancing_strategy(ProcessorStrategy::Balanced)
+        .with_update_interval(duration(timing.update_interval))
+        .with_partition_expiration_duration(duration(timing.partition_expiration))
+        .with_start_positions(StartPositions {
+            per_partition: Default::default(),
+            default: StartPosition {
+                location: StartLocation::Earliest,
+                inclusive: false,
+            },
+        })
+        .build(consumer, checkpoints)
+        .await
+        .map_err(|error| format!("cannot start the event processor for {}: {error}", config.hub))
+}
+
+/// A partition of an Event Hub owned by this process.
+pub struct EventHubsPartition {
+    partition_id: String,
+    events: mpsc::Receiver<Result<SourceEvent, SourceError>>,
+    checkpoints: Arc<dyn CheckpointStore + Send + Sync>,
+    config: EventHubConfig,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for EventHubsPartition {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl EventHubsPartition {
+    /// Reads `client`'s partition on a thread of its own.
+    pub fn new(
+        client: Arc<PartitionClient>,
+        checkpoints: Arc<dyn CheckpointStore + Send + Sync>,
+        config: EventHubConfig,
+    ) -> Self {
+        let partition_id = client.get_partition_id().to_string();
+        let (sender, events) = mpsc::channel(2_000);
+        let (stop, stopped) = oneshot::channel();
+        let partition = partition_id.clone();
+        std::thread::Builder::new()
+            .name(format!("eventhubs-{}-{partition}", config.hub))
+            .spawn(move || read_partition(client, partition, sender, stopped))
+            .expect("a thread starts");
+        EventHubsPartition {
+            partition_id,
+            events,
+            checkpoints,
+            config,
+            stop: Some(stop),
+        }
+    }
+}
+
+fn read_partition(
+    client: Arc<PartitionClient>,
+    partition: String,
+    sender: mpsc::Sender<Result<SourceEvent, SourceError>>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = sender.blocking_send(Err(SourceError::Closed(format!("cannot start a reader: {error}"))));
+            return;
+        }
+    };
+    runtime.block_on(async {
+        {
+            let stream = client.stream_events();
+            futures::pin_mut!(stream);
+            loop {
+                let next = tokio::select! {
+                    _ = &mut stopped => break,
+                    next = stream.next() => next,
+                };
+                let item = match next {
+                    Some(Ok(event)) => Ok(source_event(&partition, &event)),
+                    Some(Err(error)) => Err(SourceError::Closed(format!("the partition's stream ended: {error}"))),
+                    None => Err(SourceError::Closed("the partition's stream ended".into())),
+                };
+                let closed = item.is_err();
+                if sender.send(item).await.is_err() || closed {
+                    break;
+                }
+            }
+        }
+        // Release the receiver so the next owner is not kept waiting for an epoch steal.
+        if let Ok(client) = Arc::try_unwrap(client) {
+            let _ = client.close().await;
+        }
+    });
+}
+
+/// An AMQP property value as a JSON token (timestamps as dates, as the original's envelope has
+/// them).
+fn simple_token(value: &AmqpSimpleValue) -> JToken {
+    match value {
+        AmqpSimpleValue::Null => JToken::Null,
+        AmqpSimpleValue::Boolean(v) => JToken::Bool(*v),
+        AmqpSimpleValue::UByte(v) => JToken::Integer(i64::from(*v)),
+        AmqpSimpleValue::Byte(v) => JToken::Integer(i64::from(*v)),
+        AmqpSimpleValue::UShort(v) => JToken::Integer(i64::from(*v)),
+        AmqpSimpleValue::Short(v) => JToken::Integer(i64::from(*v)),
+        AmqpSimpleValue::UInt(v) => JToken::Integer(i64::from(*v)),
+        AmqpSimpleValue::Int(v) => JToken::Integer(i64::from(*v)),
+        AmqpSimpleValue::ULong(v) => {
+            i64::try_from(*v).map_or_else(|_| JToken::BigInteger(v.to_string().into()), JToken::Integer)
+        }
+        AmqpSimpleValue::Long(v) => JToken::Integer(*v),
+        AmqpSimpleValue::Float(v) => JToken::Float(f64::from(*v)),
+        AmqpSimpleValue::Double(v) => JToken::Float(*v),
+        AmqpSimpleValue::Char(v) => JToken::string(v.to_string()),
+        AmqpSimpleValue::TimeStamp(stamp) => stamp.0.map_or(JToken::Null, time_token),
+        AmqpSimpleValue::Uuid(v) => JToken::string(v.to_string()),
+        AmqpSimpleValue::String(v) => JToken::string(v.as_str()),
+        AmqpSimpleValue::Symbol(v) => JToken::string(format!("{v:?}").trim_matches('"').to_string()),
+        AmqpSimpleValue::Binary(v) => JToken::string(String::from_utf8_lossy(v).to_string()),
+        _ => JToken::Null,
+    }
+}
+
+fn value_token(value: &AmqpValue) -> JToken {
+    match value {
+        AmqpValue::Null => JToken::Null,
+        AmqpValue::Boolean(v) => JToken::Bool(*v),
+        AmqpValue::UByte(v) => JToken::Integer(i64::from(*v)),
+        AmqpValue::UShort(v) => JToken::Integer(i64::from(*v)),
+        AmqpValue::UInt(v) => JToken::Integer(i64::from(*v)),
+        AmqpValue::ULong(v) => {
+            i64::try_from(*v).map_or_else(|_| JToken::BigInteger(v.to_string().into()), JToken::Integer)
+        }
+        AmqpValue::Byte(v) => JToken::Integer(i64::from(*v)),
+        AmqpValue::Short(v) => JToken::Integer(i64::from(*v)),
+        AmqpValue::Int(v) => JToken::Integer(i64::from(*v)),
+        AmqpValue::Long(v) => JToken::Integer(*v),
+        AmqpValue::Float(v) => JToken::Float(f64::from(*v)),
+        AmqpValue::Double(v) => JToken::Float(*v),
+        AmqpValue::Char(v) => JToken::string(v.to_string()),
+        AmqpValue::TimeStamp(stamp) => stamp.0.map_or(JToken::Null, time_token),
+        AmqpValue::Uuid(v) => JToken::string(v.to_string()),
+        AmqpValue::Binary(v) => JToken::string(String::from_utf8_lossy(v).to_string()),
+        AmqpValue::String(v) => JToken::string(v.as_str()),
+        AmqpValue::Symbol(v) => JToken::string(format!("{v:?}").trim_matches('"').to_string()),
+        _ => JToken::Null,
+    }
+}
+
+fn time_token(time: SystemTime) -> JToken {
+    let millis = match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => since.as_millis() as i64,
+        Err(before) => -(before.duration().as_millis() as i64),
+    };
+    JsonDate::from_unix_millis(millis).map_or(JToken::Null, |date| JToken::Date(Box::new(date)))
+}
+
+/// A received event as the pipeline sees it: body, application properties, and system
+/// properties (IoT Hub's `iothub-*` annotations plus `x-opt-*`).
+fn source_event(partition: &str, event: &ReceivedEventData) -> SourceEvent {
+    let data = event.event_data();
+    let properties: JObject = data
+        .properties()
+        .map(|properties| {
+            properties
+                .iter()
+                .map(|(name, value)| (name.clone(), simple_token(value)))
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut system: JObject = event
+        .system_properties()
+        .iter()
+        .map(|(name, value)| (name.clone(), value_token(value)))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    let enqueued: Option<DateTime<Utc>> = event.enqueued_time().map(DateTime::<Utc>::from);
+    if let Some(time) = event.enqueued_time() {
+        system.insert("x-opt-enqueued-time", time_token(time));
+    }
+    if let Some(sequence) = event.sequence_number() {
+        system.insert("x-opt-sequence-number", JToken::Integer(sequence));
+    }
+    if let Some(offset) = event.offset() {
+        system.insert("x-opt-offset", JToken::string(offset.as_str()));
+    }
+    if let Some(key) = event.partition_key() {
+        system.insert("x-opt-partition-key", JToken::string(key.as_str()));
+    }
+    SourceEvent {
+        origin: Origin {
+            partition: partition.to_string(),
+            offset: event.offset().clone().unwrap_or_default(),
+            sequence_number: event.sequence_number(),
+            enqueued_time: enqueued,
+        },
+        body: data.body().map(<[u8]>::to_vec).unwrap_or_default(),
+        properties,
+        system_properties: system,
+    }
+}
+
+#[async_trait]
+impl PartitionSource for EventHubsPartition {
+    fn partition_id(&self) -> &str {
+        &self.partition_id
+    }
+
+    async fn receive(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceEvent>, SourceError> {
+        let mut events = Vec::new();
+        match tokio::time::timeout(wait, self.events.recv()).await {
+            Err(_) => return Ok(events),
+            Ok(None) => return Err(SourceError::Closed("the partition reader stopped".into())),
+            Ok(Some(item)) => events.push(item?),
+        }
+        while events.len() < max {
+            match self.events.try_recv() {
+                Ok(Ok(event)) => events.push(event),
+                // Hand out what came before the end; the end shows on the next call.
+                Ok(Err(error)) => {
+                    let (sender, receiver) = mpsc::channel(1);
+                    let _ = sender.try_send(Err(error));
+                    self.events = receiver;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(events)
+    }
+
+    async fn checkpoint(&mut self, through: &Origin) -> Result<(), SourceError> {
+        let checkpoint = Checkpoint {
+            fully_qualified_namespace: self.config.namespace.clone(),
+            event_hub_name: self.config.hub.clone(),
+            consumer_group: self.config.consumer_group.clone(),
+            partition_id: self.partition_id.clone(),
+            offset: Some(through.offset.clone()),
+            sequence_number: through.sequence_number,
+        };
+        self.checkpoints
+            .update_checkpoint(checkpoint)
+            .await
+            .map_err(|error| SourceError::Transient(format!("writing the checkpoint failed: {error}")))
+    }
+}
+
+/// Sends normalized Measurements to the normalized hub: one event per Measurement (its wire JSON),
+/// batched per partition key (the device's, compat.md §7.2).
+pub struct EventHubsSink {
+    producer: ProducerClient,
+}
+
+impl std::fmt::Debug for EventHubsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHubsSink").finish_non_exhaustive()
+    }
+}
+
+impl EventHubsSink {
+    /// Sends through `producer`.
+    pub fn new(producer: ProducerClient) -> Self {
+        EventHubsSink { producer }
+    }
+
+    /// Sends events (body and application properties) with `key` as partition key, in batches;
+    /// returns the indices too large to send.
+    pub async fn send_keyed(
+        &self,
+        key: Option<&str>,
+        events: Vec<(usize, EventData)>,
+    ) -> Result<Vec<usize>, TransientError> {
+        let fail = |error: azure_messaging_eventhubs::EventHubsError| {
+            TransientError(format!("sending to Event Hubs failed: {error}"))
+        };
+        let options = || EventDataBatchOptions {
+            partition_key: key.map(str::to_string),
+            ..Default::default()
+        };
+        let mut too_large = Vec::new();
+        let mut batch = self.producer.create_batch(Some(options())).await.map_err(fail)?;
+        for (index, event) in events {
+            if batch.try_add_event_data(event.clone(), None).map_err(fail)? {
+                continue;
+            }
+            if batch.is_empty() {
+                too_large.push(index);
+                continue;
+            }
+            self.producer.send_batch(batch, None).await.map_err(fail)?;
+            batch = self.producer.create_batch(Some(options())).await.map_err(fail)?;
+            if !batch.try_add_event_data(event, None).map_err(fail)? {
+                too_large.push(index);
+            }
+        }
+        if !batch.is_empty() {
+            self.producer.send_batch(batch, None).await.map_err(fail)?;
+        }
+        Ok(too_large)
+    }
+}
+
+#[async_trait]
+impl MeasurementSink for EventHubsSink {
+    async fn send(&self, measurements: &[Measurement]) -> Result<Vec<usize>, TransientError> {
+        let mut by_key: BTreeMap<String, Vec<(usize, EventData)>> = BTreeMap::new();
+        for (index, measurement) in measurements.iter().enumerate() {
+            let event = EventData::builder()
+                .with_body(measurement.to_json().into_bytes())
+                .with_content_type("application/json".into())
+                .build();
+            by_key
+                .entry(partition_key(&measurement.device_id))
+                .or_default()
+                .push((index, event));
+        }
+        let sends = by_key
+            .into_iter()
+            .map(|(key, events)| async move { self.send_keyed(Some(&key), events).await });
+        let mut too_large = Vec::new();
+        for result in futures::future::join_all(sends).await {
+            too_large.extend(result?);
+        }
+        too_large.sort_unstable();
+        Ok(too_large)
+    }
+}

@@ -1,0 +1,580 @@
+//! `iomt run --config`: the Event Hubs worker. The normalize stage reads `devicedata` and sends
+//! Measurements to `normalizeddata`; the transform stage reads `normalizeddata` and writes to FHIR.
+//! Each stage is an event processor balancing partitions with the other replicas through the
+//! checkpoint container; each owned partition runs its loop from `pipeline::run`. Templates come
+//! from a blob container and are reloaded when they change.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use azure_core::credentials::TokenCredential;
+use azure_messaging_eventhubs::CheckpointStore;
+use azure_messaging_eventhubs_checkpointstore_blob::BlobCheckpointStore;
+use azure_storage_blob::BlobContainerClient;
+use chrono::TimeDelta;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapters::blob::{BlobDeadLetterStore, BlobStateStore, BlobStorage, StorageAuth, download, etag};
+use crate::adapters::eventhubs::{
+    EventHubConfig, EventHubsPartition, EventHubsSink, ProcessorTiming, processor, producer,
+};
+use crate::adapters::fhir_http::{FhirAuth, FhirClientConfig, FhirHttpClient, TokenSource};
+use crate::config::{Config, StageName};
+use crate::device::DeviceTemplateSet;
+use crate::fhir::FhirTemplateSet;
+use crate::pipeline::identity::{IdentityResolver, IdentitySettings};
+use crate::pipeline::metrics::{MeteredFhirApi, Metrics, labels};
+use crate::pipeline::pending::FlushPolicy;
+use crate::pipeline::ports::FhirApi;
+use crate::pipeline::run::{
+    MeasurementDecoder, StageContext, StageSettings, Swappable, TransformContext, normalize_partition,
+    transform_partition,
+};
+use crate::pipeline::writer::{ObservationWriter, WriterSettings};
+use crate::telemetry::{Health, serve};
+use crate::template::TemplateError;
+
+/// What the stages share.
+struct Shared {
+    config: Config,
+    azure: Arc<dyn TokenCredential>,
+    storage: BlobStorage,
+    metrics: Arc<Metrics>,
+    settings: StageSettings,
+    shutdown: CancellationToken,
+}
+
+/// The storage account of the configuration.
+pub fn storage(config: &Config, azure: &Arc<dyn TokenCredential>) -> anyhow::Result<BlobStorage> {
+    match (&config.storage.connection_string, &config.storage.blob_endpoint) {
+        (Some(connection), _) => BlobStorage::from_connection_string(connection).map_err(anyhow::Error::msg),
+        (None, Some(endpoint)) => {
+            BlobStorage::new(endpoint, StorageAuth::Credential(azure.clone())).map_err(anyhow::Error::msg)
+        }
+        (None, None) => anyhow::bail!("storage: no blob_endpoint or connection_string"),
+    }
+}
+
+/// The Azure credential of the configuration.
+pub fn azure_credential(config: &Config) -> anyhow::Result<Arc<dyn TokenCredential>> {
+    crate::adapters::azure::credential(
+        &config.azure.credential,
+        config.azure.client_id.as_deref(),
+        config.azure.tenant_id.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// Runs the worker until interrupted (SIGINT/SIGTERM).
+pub async fn run(config: Config) -> anyhow::Result<u8> {
+    let azure = azure_credential(&config)?;
+    let storage = storage(&config, &azure)?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    if config.telemetry.port != 0 {
+        let address = serve(
+            SocketAddr::from(([0, 0, 0, 0], config.telemetry.port)),
+            metrics.clone(),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot listen on port {}", config.telemetry.port))?;
+        tracing::info!(%address, "Serving /healthz and /metrics.");
+    }
+    for container in [
+        &config.storage.checkpoint_container,
+        &config.storage.state_container,
+        &config.storage.deadletter_container,
+        &config.storage.template_container,
+    ] {
+        storage.ensure_container(container).await.map_err(anyhow::Error::msg)?;
+    }
+    let settings = StageSettings {
+        checkpoint_interval: Duration::from_millis(config.flush.checkpoint_interval_ms),
+        flush: FlushPolicy {
+            max_latency: TimeDelta::milliseconds(config.flush.max_latency_ms as i64),
+            max_pending: config.flush.max_pending,
+        },
+        ..StageSettings::default()
+    };
+    let shared = Arc::new(Shared {
+        config,
+        azure,
+        storage,
+        metrics,
+        settings,
+        shutdown: shutdown.clone(),
+    });
+    let mut stages = JoinSet::new();
+    if shared.config.stages.contains(&StageName::Normalize) {
+        let shared = shared.clone();
+        let health = health.clone();
+        stages.spawn(async move {
+            let result = run_normalize(shared).await;
+            if result.is_err() {
+                health.set(false);
+            }
+            result
+        });
+    }
+    if shared.config.stages.contains(&StageName::Transform) {
+        let shared = shared.clone();
+        let health = health.clone();
+        stages.spawn(async move {
+            let result = run_transform(shared).await;
+            if result.is_err() {
+                health.set(false);
+            }
+            result
+        });
+    }
+    let mut outcome = Ok(super::EXIT_OK);
+    while let Some(joined) = stages.join_next().await {
+        if let Err(error) = joined.context("a stage panicked")? {
+            tracing::error!(error = %format!("{error:#}"), "A stage stopped.");
+            shutdown.cancel();
+            outcome = Err(error);
+        }
+    }
+    outcome
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM can be handled");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Shutting down: writing what waits and checkpointing.");
+        shutdown.cancel();
+    });
+}
+
+/// Loads a template blob, parses it and keeps it current: every poll it is re-read when its
+/// ETag changed; a rejected or deleted version leaves the last good one in place.
+async fn template_from_blob<T: Send + Sync + 'static>(
+    shared: &Arc<Shared>,
+    name: String,
+    parse: fn(&str) -> Result<T, Vec<TemplateError>>,
+    kind: &'static str,
+) -> anyhow::Result<Arc<Swappable<T>>> {
+    let container = shared
+        .storage
+        .container(&shared.config.storage.template_container)
+        .map_err(anyhow::Error::msg)?;
+    let (bytes, first_etag) = download(&container, &name)
+        .await
+        .map_err(anyhow::Error::msg)?
+        .with_context(|| {
+            format!(
+                "the {kind} template '{name}' is not in container '{}': upload it with `iomt templates upload`",
+                shared.config.storage.template_container
+            )
+        })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let templates = parse(&text).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{name}:{}:{}: {}", e.pos.line, e.pos.column, e.message))
+            .collect();
+        anyhow::anyhow!("the {kind} template is invalid:\n{}", lines.join("\n"))
+    })?;
+    let cell = Arc::new(Swappable::new(templates));
+    let watched = cell.clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        watch_blob_template(shared, container, name, first_etag, watched, parse, kind).await;
+    });
+    Ok(cell)
+}
+
+async fn watch_blob_template<T>(
+    shared: Arc<Shared>,
+    container: BlobContainerClient,
+    name: String,
+    mut seen: String,
+    cell: Arc<Swappable<T>>,
+    parse: fn(&str) -> Result<T, Vec<TemplateError>>,
+    kind: &'static str,
+) {
+    let poll = Duration::from_secs(shared.config.storage.template_poll_seconds);
+    let mut missing_reported = false;
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(poll) => {}
+        }
+        match etag(&container, &name).await {
+            Ok(Some(current)) if current == seen => {}
+            Ok(Some(_)) => {
+                let Ok(Some((bytes, current))) = download(&container, &name).await else {
+                    continue;
+                };
+                seen = current;
+                missing_reported = false;
+                match parse(&String::from_utf8_lossy(&bytes)) {
+                    Ok(templates) => {
+                        cell.set(templates);
+                        shared
+                            .metrics
+                            .template_reloads
+                            .get_or_create(&labels([("kind", kind), ("outcome", "accepted")]))
+                            .inc();
+                        tracing::info!(template = %name, "Template reloaded.");
+                    }
+                    Err(errors) => {
+                        shared
+                            .metrics
+                            .template_reloads
+                            .get_or_create(&labels([("kind", kind), ("outcome", "rejected")]))
+                            .inc();
+                        for error in errors {
+                            tracing::error!(template = %name, line = error.pos.line, column = error.pos.column, problem = %error.message, "Template rejected; keeping the last good one.");
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                if !missing_reported {
+                    tracing::error!(template = %name, "The template was deleted from its container; keeping the last good one.");
+                    missing_reported = true;
+                }
+            }
+            Err(error) => tracing::warn!(template = %name, error = %error, "Checking the template failed; retrying."),
+        }
+    }
+}
+
+fn hub(shared: &Shared, hub: &str, consumer_group: &str) -> EventHubConfig {
+    EventHubConfig {
+        namespace: shared.config.eventhubs.namespace.clone(),
+        hub: hub.to_string(),
+        consumer_group: consumer_group.to_string(),
+        custom_endpoint: shared.config.eventhubs.custom_endpoint.clone(),
+    }
+}
+
+fn timing(shared: &Shared) -> ProcessorTiming {
+    ProcessorTiming {
+        update_interval: Duration::from_secs(shared.config.eventhubs.update_interval_seconds),
+        partition_expiration: Duration::from_secs(shared.config.eventhubs.partition_expiration_seconds),
+    }
+}
+
+async fn checkpoint_store(shared: &Shared) -> anyhow::Result<Arc<dyn CheckpointStore + Send + Sync>> {
+    let container = shared
+        .storage
+        .container(&shared.config.storage.checkpoint_container)
+        .map_err(anyhow::Error::msg)?;
+    Ok(BlobCheckpointStore::new(container))
+}
+
+fn dead_letters(shared: &Shared) -> anyhow::Result<Arc<BlobDeadLetterStore>> {
+    Ok(Arc::new(BlobDeadLetterStore::new(
+        shared
+            .storage
+            .container(&shared.config.storage.deadletter_container)
+            .map_err(anyhow::Error::msg)?,
+    )))
+}
+
+async fn run_normalize(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let templates = template_from_blob(
+        &shared,
+        shared.config.storage.device_mapping.clone(),
+        DeviceTemplateSet::parse,
+        "device",
+    )
+    .await?;
+    let eh = &shared.config.eventhubs;
+    let source = hub(&shared, &eh.device_hub, &eh.normalize_consumer_group);
+    let sink = Arc::new(EventHubsSink::new(
+        producer(&hub(&shared, &eh.normalized_hub, ""), shared.azure.clone())
+            .await
+            .map_err(anyhow::Error::msg)?,
+    ));
+    let dead_letters = dead_letters(&shared)?;
+    let checkpoints = checkpoint_store(&shared).await?;
+    let processor = processor(&source, shared.azure.clone(), checkpoints.clone(), timing(&shared))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(hub = %source.hub, consumer_group = %source.consumer_group, "Normalize stage started.");
+    run_processor(
+        shared.clone(),
+        processor,
+        checkpoints,
+        source,
+        move |shared, mut partition| {
+            let (templates, sink, dead_letters) = (templates.clone(), sink.clone(), dead_letters.clone());
+            async move {
+                let context = StageContext {
+                    dead_letters: &*dead_letters,
+                    settings: &shared.settings,
+                    metrics: &shared.metrics,
+                    shutdown: &shared.shutdown,
+                };
+                normalize_partition(&mut partition, &templates, &*sink, &context).await
+            }
+        },
+    )
+    .await
+}
+
+async fn run_transform(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let templates = template_from_blob(
+        &shared,
+        shared.config.storage.fhir_mapping.clone(),
+        FhirTemplateSet::parse,
+        "fhir",
+    )
+    .await?;
+    let writer = Arc::new(fhir_writer(&shared)?);
+    let eh = &shared.config.eventhubs;
+    let source = hub(&shared, &eh.normalized_hub, &eh.transform_consumer_group);
+    let dead_letters = dead_letters(&shared)?;
+    let state = Arc::new(BlobStateStore::new(
+        shared
+            .storage
+            .container(&shared.config.storage.state_container)
+            .map_err(anyhow::Error::msg)?,
+    ));
+    let state_prefix =
+        Arc::new(format!("{}/{}/{}", source.namespace, source.hub, source.consumer_group).to_lowercase());
+    let checkpoints = checkpoint_store(&shared).await?;
+    let processor = processor(&source, shared.azure.clone(), checkpoints.clone(), timing(&shared))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(hub = %source.hub, consumer_group = %source.consumer_group, "Transform stage started.");
+    run_processor(
+        shared.clone(),
+        processor,
+        checkpoints,
+        source,
+        move |shared, mut partition| {
+            let (templates, writer, dead_letters, state, state_prefix) = (
+                templates.clone(),
+                writer.clone(),
+                dead_letters.clone(),
+                state.clone(),
+                state_prefix.clone(),
+            );
+            async move {
+                let context = TransformContext {
+                    writer: &writer,
+                    templates: &templates,
+                    state: Some(&*state),
+                    state_prefix: &state_prefix,
+                    stage: StageContext {
+                        dead_letters: &*dead_letters,
+                        settings: &shared.settings,
+                        metrics: &shared.metrics,
+                        shutdown: &shared.shutdown,
+                    },
+                };
+                transform_partition(&mut partition, &MeasurementDecoder, &context).await
+            }
+        },
+    )
+    .await
+}
+
+fn fhir_writer(shared: &Shared) -> anyhow::Result<ObservationWriter> {
+    let fhir = shared
+        .config
+        .fhir
+        .as_ref()
+        .context("the transform stage needs [fhir]")?;
+    let auth = match fhir.auth.as_str() {
+        "none" => FhirAuth::None,
+        "managed-identity" => FhirAuth::ManagedIdentity {
+            client_id: fhir.client_id.clone(),
+        },
+        "workload-identity" => FhirAuth::WorkloadIdentity,
+        "client-secret" => FhirAuth::ClientSecret {
+            tenant_id: fhir.tenant_id.clone().unwrap_or_default(),
+            client_id: fhir.client_id.clone().unwrap_or_default(),
+            secret: std::env::var("AZURE_CLIENT_SECRET")
+                .context("fhir.auth client-secret needs AZURE_CLIENT_SECRET")?,
+        },
+        _ => FhirAuth::AzureCli,
+    };
+    let tokens = auth
+        .credential()
+        .context("cannot set up FHIR authentication")?
+        .map(|credential| {
+            Arc::new(TokenSource::new(
+                credential,
+                FhirHttpClient::scope_for(&fhir.url, fhir.audience.as_deref()),
+            ))
+        });
+    let mut client_config = FhirClientConfig::new(&fhir.url);
+    client_config.retry.max_elapsed = Duration::from_secs(fhir.retry_seconds);
+    let client = FhirHttpClient::new(&client_config, tokens).map_err(anyhow::Error::msg)?;
+    let api: Arc<dyn FhirApi> = Arc::new(MeteredFhirApi::new(Arc::new(client), shared.metrics.clone()));
+    let identities = IdentityResolver::new(
+        api.clone(),
+        IdentitySettings {
+            mode: fhir.identity_mode.parse().map_err(anyhow::Error::msg)?,
+            default_device_system: fhir.default_device_system.clone(),
+            ..IdentitySettings::default()
+        },
+    );
+    Ok(ObservationWriter::new(
+        api,
+        identities,
+        WriterSettings {
+            batch_size: fhir.batch_size,
+            concurrency: fhir.concurrency,
+            ..WriterSettings::default()
+        },
+    ))
+}
+
+/// Runs `processor`, handing each partition it wins to `work` on a task of its own, until
+/// shutdown; then lets the partition tasks finish and stops the processor.
+async fn run_processor<F, Fut>(
+    shared: Arc<Shared>,
+    processor: Arc<azure_messaging_eventhubs::EventProcessor>,
+    checkpoints: Arc<dyn CheckpointStore + Send + Sync>,
+    source: EventHubConfig,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<Shared>, EventHubsPartition) -> Fut,
+    Fut: std::future::Future<Output = crate::pipeline::run::PartitionEnd> + Send + 'static,
+{
+    let running = processor.clone();
+    let mut processor_task = tokio::spawn(async move { running.run().await });
+    let mut partitions = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            ended = &mut processor_task => {
+                let error = match ended {
+                    Ok(Ok(())) => anyhow::anyhow!("the event processor of {} stopped", source.hub),
+                    Ok(Err(error)) => anyhow::anyhow!("the event processor of {} failed: {error}", source.hub),
+                    Err(error) => anyhow::anyhow!("the event processor of {} panicked: {error}", source.hub),
+                };
+                return Err(error);
+            }
+            next = processor.next_partition_client() => {
+                let client = next.map_err(|error| anyhow::anyhow!("no more partitions from {}: {error}", source.hub))?;
+                let partition_id = client.get_partition_id().to_string();
+                tracing::info!(hub = %source.hub, partition = %partition_id, "Partition acquired.");
+                let partition = EventHubsPartition::new(client, checkpoints.clone(), source.clone());
+                let hub = source.hub.clone();
+                let future = work(shared.clone(), partition);
+                partitions.spawn(async move {
+                    let end = future.await;
+                    tracing::info!(hub = %hub, partition = %partition_id, end = ?end, "Partition released.");
+                });
+            }
+            Some(_) = partitions.join_next(), if !partitions.is_empty() => {}
+        }
+    }
+    // Shutdown: the partition loops write what waits and checkpoint.
+    let drain = async { while partitions.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(60), drain).await.is_err() {
+        tracing::warn!(hub = %source.hub, "Some partitions did not finish within 60 s.");
+    }
+    let _ = processor.shutdown().await;
+    processor_task.abort();
+    Ok(())
+}
+
+/// Sends dead-lettered messages back into the pipeline: device events to the device hub (with
+/// their application properties, and their `iothub-*` system properties as message
+/// annotations), Measurements to the normalized hub keyed by device. Returns how many went out.
+pub async fn redrive(
+    config: &Config,
+    records: &[crate::pipeline::deadletter::DeadLetterRecord],
+) -> anyhow::Result<usize> {
+    use azure_core_amqp::AmqpSymbol;
+    use azure_core_amqp::message::AmqpMessageBody;
+    use azure_messaging_eventhubs::models::{AmqpMessage, AmqpSimpleValue, AmqpValue};
+
+    use crate::pipeline::deadletter::PayloadKind;
+    use crate::pipeline::ports::MeasurementSink as _;
+
+    let azure = azure_credential(config)?;
+    let eh = &config.eventhubs;
+    let hub_config = |hub: &str| EventHubConfig {
+        namespace: eh.namespace.clone(),
+        hub: hub.to_string(),
+        consumer_group: String::new(),
+        custom_endpoint: eh.custom_endpoint.clone(),
+    };
+    let simple = |value: &serde_json::Value| -> AmqpSimpleValue {
+        match value {
+            serde_json::Value::Bool(b) => AmqpSimpleValue::Boolean(*b),
+            serde_json::Value::Number(n) if n.is_i64() => AmqpSimpleValue::Long(n.as_i64().unwrap_or_default()),
+            serde_json::Value::Number(n) => AmqpSimpleValue::Double(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => AmqpSimpleValue::String(s.clone()),
+            serde_json::Value::Null => AmqpSimpleValue::Null,
+            other => AmqpSimpleValue::String(other.to_string()),
+        }
+    };
+    let mut sent = 0;
+    let device_events: Vec<_> = records
+        .iter()
+        .filter(|r| r.payload_kind == PayloadKind::DeviceEvent)
+        .collect();
+    if !device_events.is_empty() {
+        let producer = producer(&hub_config(&eh.device_hub), azure.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        for record in device_events {
+            let mut builder = AmqpMessage::builder().with_body(AmqpMessageBody::Binary(vec![record.payload_bytes()]));
+            for (name, value) in &record.properties {
+                builder = builder.add_application_property(name.clone(), simple(value));
+            }
+            let mut message = builder.build();
+            for (name, value) in &record.system_properties {
+                if name.starts_with("x-opt-") {
+                    continue;
+                }
+                let value = match simple(value) {
+                    AmqpSimpleValue::String(s) => AmqpValue::String(s),
+                    AmqpSimpleValue::Long(n) => AmqpValue::Long(n),
+                    AmqpSimpleValue::Double(n) => AmqpValue::Double(n),
+                    AmqpSimpleValue::Boolean(b) => AmqpValue::Boolean(b),
+                    _ => AmqpValue::Null,
+                };
+                message.add_message_annotation(AmqpSymbol::from(name.as_str()), value);
+            }
+            producer
+                .send_message(message, None)
+                .await
+                .map_err(|error| anyhow::anyhow!("sending to {} failed: {error}", eh.device_hub))?;
+            sent += 1;
+        }
+    }
+    let measurements: Vec<crate::model::Measurement> = records
+        .iter()
+        .filter(|r| r.payload_kind == PayloadKind::Measurement)
+        .filter_map(|r| crate::model::Measurement::from_json(r.payload.as_deref()?).ok())
+        .collect();
+    if !measurements.is_empty() {
+        let sink = EventHubsSink::new(
+            producer(&hub_config(&eh.normalized_hub), azure.clone())
+                .await
+                .map_err(anyhow::Error::msg)?,
+        );
+        let too_large = sink.send(&measurements).await.map_err(|error| anyhow::anyhow!(error))?;
+        sent += measurements.len() - too_large.len();
+    }
+    Ok(sent)
+}
