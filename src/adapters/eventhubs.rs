@@ -96,8 +96,11 @@ pub async fn processor(
     checkpoints: Arc<dyn CheckpointStore + Send + Sync>,
     timing: ProcessorTiming,
 ) -> Result<Arc<EventProcessor>, String> {
+    // The application id is the processor's owner id in the checkpoint store: it must differ
+    // between replicas, or they all believe they own every partition.
+    let owner = format!("iomt-connector-{:016x}", rand::random::<u64>());
     let mut builder = ConsumerClient::builder()
-        .with_application_id("iomt-connector".into())
+        .with_application_id(owner)
         .with_consumer_group(config.consumer_group.clone())
         .with_retry_options(retry_options());
     if let Some(endpoint) = &config.custom_endpoint {

@@ -147,13 +147,17 @@ fn read_lines(mut reader: impl BufRead, done: usize, follow: bool, sender: &mpsc
     loop {
         buffer.clear();
         match reader.read_line(&mut buffer) {
-            Ok(0) if follow => std::thread::sleep(Duration::from_millis(200)),
+            // At the end of a followed file: wait for more, unless nobody reads any more.
+            Ok(0) if follow && !sender.is_closed() => std::thread::sleep(Duration::from_millis(200)),
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 if !buffer.ends_with('\n') && follow {
                     // A line still being written: wait for its end.
                     let mut rest = String::new();
                     while !rest.ends_with('\n') {
+                        if sender.is_closed() {
+                            return;
+                        }
                         std::thread::sleep(Duration::from_millis(50));
                         if reader.read_line(&mut rest).is_err() {
                             return;
@@ -230,17 +234,18 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-/// A short hash that makes a record's name unique (records of one source position written at
-/// different times differ in their time).
+/// A short hash of what identifies a failure: the source position, the error and the payload
+/// (not the time, so the same failure of the same event keeps one record).
 pub fn record_discriminator(record: &DeadLetterRecord) -> String {
     let text = format!(
-        "{}|{}|{}|{}|{}|{}",
+        "{}|{}|{}|{}|{}|{}|{}",
+        record.stage.as_str(),
         record.partition,
         record.offset,
         record.error_kind,
         record.message,
-        record.dead_lettered_at,
-        record.payload.as_deref().unwrap_or("")
+        record.payload.as_deref().unwrap_or(""),
+        record.payload_base64.as_deref().unwrap_or("")
     );
     hex(&Sha256::digest(text.as_bytes()))[..16].to_string()
 }

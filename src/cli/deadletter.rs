@@ -281,9 +281,21 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<u8> {
         let mut source = RecordSource { events, done: false };
         transform_partition(&mut source, decoder, &context).await;
     }
-    // Every old record was processed: it landed or has a new record now.
-    for (name, _) in &records {
-        store.remove(name).await.map_err(|error| anyhow::anyhow!(error))?;
+    // Every old record was processed: it landed, or failed again. A record that failed again
+    // the same way was rewritten under its name (with a new time): keep that one.
+    let now: std::collections::HashMap<String, DeadLetterRecord> = store
+        .list()
+        .await
+        .map_err(|error| anyhow::anyhow!(error))?
+        .into_iter()
+        .collect();
+    for (name, old) in &records {
+        if now
+            .get(name)
+            .is_some_and(|current| current.dead_lettered_at == old.dead_lettered_at)
+        {
+            store.remove(name).await.map_err(|error| anyhow::anyhow!(error))?;
+        }
     }
     let again: u64 = metrics
         .encode()

@@ -96,7 +96,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         return Ok(EXIT_USAGE);
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(run_local(args, device_templates, fhir_templates))
+    let result = runtime.block_on(run_local(args, device_templates, fhir_templates));
+    // A reader blocked on standard input cannot be interrupted; do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 /// Reads and validates the worker configuration, then runs the worker (or only reports).

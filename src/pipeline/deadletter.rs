@@ -198,6 +198,15 @@ mod tests {
         );
         assert_eq!(record.payload.as_deref(), Some("{broken"));
         assert_eq!(record.name("a1"), "normalize/2024/03/01/08/3-42-a1.json");
+        let later = DeadLetterRecord {
+            dead_lettered_at: "2024-03-02T00:00:00Z".into(),
+            ..record.clone()
+        };
+        assert_eq!(
+            later.name("a1"),
+            record.name("a1"),
+            "named by the event, not by when it failed"
+        );
         let json = serde_json::to_string(&record).unwrap();
         assert!(json.contains(r#""errorKind":"InvalidDataFormatException""#), "{json}");
         let back: DeadLetterRecord = serde_json::from_str(&json).unwrap();
