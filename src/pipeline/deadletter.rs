@@ -133,14 +133,13 @@ impl DeadLetterRecord {
         }
     }
 
-    /// A name that sorts by time and is unique per source position: `{stage}/{yyyy}/{MM}/{dd}/
-    /// {HH}/{partition}-{sequence or offset}-{discriminator}.json`.
+    /// A name that sorts by time and is the same for the same failure of the same source event:
+    /// `{stage}/{yyyy}/{MM}/{dd}/{HH}/{partition}-{sequence or offset}-{discriminator}.json`,
+    /// dated by the event's enqueue time. Dead-lettering an event again (after a restart re-read
+    /// it) overwrites its record instead of adding one.
     pub fn name(&self, discriminator: &str) -> String {
-        let date = self
-            .dead_lettered_at
-            .get(..13)
-            .unwrap_or("0000-00-00T00")
-            .replace(['-', 'T'], "/");
+        let dated = self.enqueued_time.as_deref().unwrap_or(&self.dead_lettered_at);
+        let date = dated.get(..13).unwrap_or("0000-00-00T00").replace(['-', 'T'], "/");
         let position = self
             .sequence_number
             .map(|sequence| sequence.to_string())

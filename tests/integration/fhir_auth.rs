@@ -77,10 +77,8 @@ async fn managed_identity_tokens_reach_the_fhir_server() {
         seen.iter()
             .any(|r| r.method == "GET" && r.path.starts_with("/Device?identifier="))
     );
-    assert!(
-        seen.iter()
-            .any(|r| r.method == "PUT" && r.path.starts_with("/Observation/"))
-    );
+    // The write: a batch Bundle (the default) posted to the base URL.
+    assert!(seen.iter().any(|r| r.method == "POST" && r.path == "/"), "{seen:?}");
     for request in &seen {
         assert_eq!(
             request.authorization.as_deref(),
