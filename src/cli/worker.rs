@@ -308,23 +308,19 @@ async fn run_normalize(shared: Arc<Shared>) -> anyhow::Result<()> {
     ));
     let dead_letters = dead_letters(&shared)?;
     let checkpoints = checkpoint_store(&shared).await?;
-    let processor = processor(&source, shared.azure.clone(), checkpoints.clone(), timing(&shared))
-        .await
-        .map_err(anyhow::Error::msg)?;
     tracing::info!(hub = %source.hub, consumer_group = %source.consumer_group, "Normalize stage started.");
     run_processor(
         shared.clone(),
-        processor,
         checkpoints,
         source,
-        move |shared, mut partition| {
+        move |shared, mut partition, stop| {
             let (templates, sink, dead_letters) = (templates.clone(), sink.clone(), dead_letters.clone());
             async move {
                 let context = StageContext {
                     dead_letters: &*dead_letters,
                     settings: &shared.settings,
                     metrics: &shared.metrics,
-                    shutdown: &shared.shutdown,
+                    shutdown: &stop,
                 };
                 normalize_partition(&mut partition, &templates, &*sink, &context).await
             }
@@ -354,16 +350,12 @@ async fn run_transform(shared: Arc<Shared>) -> anyhow::Result<()> {
     let state_prefix =
         Arc::new(format!("{}/{}/{}", source.namespace, source.hub, source.consumer_group).to_lowercase());
     let checkpoints = checkpoint_store(&shared).await?;
-    let processor = processor(&source, shared.azure.clone(), checkpoints.clone(), timing(&shared))
-        .await
-        .map_err(anyhow::Error::msg)?;
     tracing::info!(hub = %source.hub, consumer_group = %source.consumer_group, "Transform stage started.");
     run_processor(
         shared.clone(),
-        processor,
         checkpoints,
         source,
-        move |shared, mut partition| {
+        move |shared, mut partition, stop| {
             let (templates, writer, dead_letters, state, state_prefix) = (
                 templates.clone(),
                 writer.clone(),
@@ -381,7 +373,7 @@ async fn run_transform(shared: Arc<Shared>) -> anyhow::Result<()> {
                         dead_letters: &*dead_letters,
                         settings: &shared.settings,
                         metrics: &shared.metrics,
-                        shutdown: &shared.shutdown,
+                        shutdown: &stop,
                     },
                 };
                 transform_partition(&mut partition, &MeasurementDecoder, &context).await
@@ -443,55 +435,87 @@ fn fhir_writer(shared: &Shared) -> anyhow::Result<ObservationWriter> {
     ))
 }
 
-/// Runs `processor`, handing each partition it wins to `work` on a task of its own, until
-/// shutdown; then lets the partition tasks finish and stops the processor.
+/// Runs an event processor for `source`, handing each partition it wins to `work` on a task of
+/// its own, until shutdown. A processor that fails (storage or Event Hubs unavailable for longer
+/// than its retries) is not the end of the stage: its partitions are let go (written and
+/// checkpointed as far as possible) and a new processor is started after a backoff.
 async fn run_processor<F, Fut>(
     shared: Arc<Shared>,
-    processor: Arc<azure_messaging_eventhubs::EventProcessor>,
     checkpoints: Arc<dyn CheckpointStore + Send + Sync>,
     source: EventHubConfig,
     work: F,
 ) -> anyhow::Result<()>
 where
-    F: Fn(Arc<Shared>, EventHubsPartition) -> Fut,
+    F: Fn(Arc<Shared>, EventHubsPartition, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = crate::pipeline::run::PartitionEnd> + Send + 'static,
 {
-    let running = processor.clone();
-    let mut processor_task = tokio::spawn(async move { running.run().await });
-    let mut partitions = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            ended = &mut processor_task => {
-                let error = match ended {
-                    Ok(Ok(())) => anyhow::anyhow!("the event processor of {} stopped", source.hub),
-                    Ok(Err(error)) => anyhow::anyhow!("the event processor of {} failed: {error}", source.hub),
-                    Err(error) => anyhow::anyhow!("the event processor of {} panicked: {error}", source.hub),
-                };
-                return Err(error);
+    let mut backoff = Duration::from_secs(1);
+    while !shared.shutdown.is_cancelled() {
+        let processor = match processor(&source, shared.azure.clone(), checkpoints.clone(), timing(&shared)).await {
+            Ok(processor) => processor,
+            Err(error) => {
+                tracing::warn!(hub = %source.hub, error = %error, retry_in_s = backoff.as_secs(), "Starting the event processor failed; retrying.");
+                shared
+                    .metrics
+                    .retries
+                    .get_or_create(&labels([("target", "eventhubs")]))
+                    .inc();
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
             }
-            next = processor.next_partition_client() => {
-                let client = next.map_err(|error| anyhow::anyhow!("no more partitions from {}: {error}", source.hub))?;
-                let partition_id = client.get_partition_id().to_string();
-                tracing::info!(hub = %source.hub, partition = %partition_id, "Partition acquired.");
-                let partition = EventHubsPartition::new(client, checkpoints.clone(), source.clone());
-                let hub = source.hub.clone();
-                let future = work(shared.clone(), partition);
-                partitions.spawn(async move {
-                    let end = future.await;
-                    tracing::info!(hub = %hub, partition = %partition_id, end = ?end, "Partition released.");
-                });
+        };
+        backoff = Duration::from_secs(1);
+        // Partition loops stop on shutdown, or when this processor is replaced.
+        let generation = shared.shutdown.child_token();
+        let running = processor.clone();
+        let mut processor_task = tokio::spawn(async move { running.run().await });
+        let mut partitions = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                ended = &mut processor_task => {
+                    let reason = match ended {
+                        Ok(Ok(())) => "stopped".to_string(),
+                        Ok(Err(error)) => format!("failed: {error}"),
+                        Err(error) => format!("panicked: {error}"),
+                    };
+                    tracing::error!(hub = %source.hub, reason = %reason, "The event processor ended; letting its partitions go and starting a new one.");
+                    break;
+                }
+                next = processor.next_partition_client() => {
+                    let Ok(client) = next else { break };
+                    let partition_id = client.get_partition_id().to_string();
+                    tracing::info!(hub = %source.hub, partition = %partition_id, "Partition acquired.");
+                    let partition = EventHubsPartition::new(client, checkpoints.clone(), source.clone());
+                    let hub = source.hub.clone();
+                    let future = work(shared.clone(), partition, generation.clone());
+                    partitions.spawn(async move {
+                        let end = future.await;
+                        tracing::info!(hub = %hub, partition = %partition_id, end = ?end, "Partition released.");
+                    });
+                }
+                Some(_) = partitions.join_next(), if !partitions.is_empty() => {}
             }
-            Some(_) = partitions.join_next(), if !partitions.is_empty() => {}
+        }
+        // Let the partition loops write what waits and checkpoint.
+        generation.cancel();
+        let drain = async { while partitions.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(60), drain).await.is_err() {
+            tracing::warn!(hub = %source.hub, "Some partitions did not finish within 60 s.");
+        }
+        let _ = processor.shutdown().await;
+        processor_task.abort();
+        if !shared.shutdown.is_cancelled() {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(backoff) => {}
+            }
         }
     }
-    // Shutdown: the partition loops write what waits and checkpoint.
-    let drain = async { while partitions.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(60), drain).await.is_err() {
-        tracing::warn!(hub = %source.hub, "Some partitions did not finish within 60 s.");
-    }
-    let _ = processor.shutdown().await;
-    processor_task.abort();
     Ok(())
 }
 

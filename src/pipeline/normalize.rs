@@ -20,6 +20,13 @@ pub struct Normalized {
     pub unmatched: usize,
 }
 
+/// The largest message body normalized (1 MiB, what an Event Hubs event can carry); larger ones,
+/// which only local input can produce, are dead-lettered unparsed.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// The error kind of a message over [`MAX_EVENT_BYTES`].
+pub const TOO_LARGE: &str = "MessageTooLargeException";
+
 /// The device event of a source event: the body parsed as the original parses a message body
 /// (empty is null), with the event's properties.
 pub fn device_event(event: &SourceEvent) -> Result<DeviceEvent, NormalizeError> {
@@ -41,6 +48,15 @@ pub fn device_event(event: &SourceEvent) -> Result<DeviceEvent, NormalizeError> 
 pub fn normalize_events(templates: &DeviceTemplateSet, events: &[SourceEvent], now: DateTime<Utc>) -> Normalized {
     let mut out = Normalized::default();
     for (index, event) in events.iter().enumerate() {
+        if event.body.len() > MAX_EVENT_BYTES {
+            let message = format!(
+                "The message body is {} bytes; messages up to {MAX_EVENT_BYTES} bytes (the Event Hubs maximum) are normalized.",
+                event.body.len()
+            );
+            out.dead_letters
+                .push(dead_letter(event, Stage::Normalize, TOO_LARGE, &message, now));
+            continue;
+        }
         match device_event(event).and_then(|device_event| templates.normalize(&device_event, now)) {
             Ok(measurements) if measurements.is_empty() => out.unmatched += 1,
             Ok(measurements) => out.measurements.extend(measurements.into_iter().map(|m| (m, index))),
@@ -136,5 +152,17 @@ mod tests {
         );
         assert_eq!(normalized.dead_letters[0].payload.as_deref(), Some("{not json"));
         assert_eq!(normalized.dead_letters[2].payload_bytes(), b"\xff\xfe");
+    }
+
+    #[test]
+    fn oversize_messages_are_dead_lettered_unparsed() {
+        let templates = DeviceTemplateSet::parse(TEMPLATE).unwrap();
+        let mut body = br#"{"heartrate":70,"deviceid":"d1","time":"2024-03-01T08:00:00Z","pad":""#.to_vec();
+        body.extend(std::iter::repeat_n(b'x', MAX_EVENT_BYTES));
+        body.extend(b"\"}");
+        let normalized = normalize_events(&templates, &[event(&body, 1)], Utc::now());
+        assert!(normalized.measurements.is_empty());
+        assert_eq!(normalized.dead_letters[0].error_kind, TOO_LARGE);
+        assert_eq!(normalized.dead_letters[0].payload_bytes(), body);
     }
 }

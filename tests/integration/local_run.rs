@@ -274,3 +274,49 @@ fn an_invalid_template_stops_the_run_with_positions() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_oversize_message_is_dead_lettered_and_the_rest_lands() {
+    let dir = TempDir::new("oversize");
+    let state = dir.path().join("state");
+    let input = dir.path().join("in.jsonl");
+    let huge = format!(
+        r#"{{"deviceid":"m1","patientid":"p1","measurementdatetime":"2024-03-01T08:00:01Z","heartrate":70,"note":"{}"}}"#,
+        "x".repeat(1_500_000)
+    );
+    let small = r#"{"deviceid":"m1","patientid":"p1","measurementdatetime":"2024-03-01T08:00:00Z","heartrate":72}"#;
+    std::fs::write(&input, format!("{small}\n{huge}\n")).unwrap();
+    let output = run_local(
+        &state,
+        &sample("json-device", "devicecontent.json"),
+        &sample("json-device", "fhirmapping.json"),
+        &[&input],
+        "body",
+    );
+    assert!(output.status.success());
+    let listed = iomt()
+        .args(["deadletter", "list", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let records: Vec<Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["errorKind"], "MessageTooLargeException");
+    assert_eq!(
+        records[0]["payload"].as_str().unwrap().len(),
+        huge.len(),
+        "the payload is kept whole"
+    );
+    let landed = stored(&state);
+    assert_eq!(landed.len(), 1);
+    assert!(
+        landed[0]["valueSampledData"]["data"]
+            .as_str()
+            .unwrap()
+            .starts_with("72 E")
+    );
+}

@@ -40,9 +40,15 @@ impl Drop for World {
 
 impl World {
     async fn new(name: &str) -> World {
+        let blob = std::env::var("IOMT_TEST_BLOB_URL").expect("IOMT_TEST_BLOB_URL: run the tests with scripts/test.sh");
+        World::with_servers(name, &fhir_url(), &blob).await
+    }
+
+    /// A world whose worker reaches FHIR and Blob Storage at these URLs (proxies, in tests of
+    /// outages).
+    async fn with_servers(name: &str, fhir: &str, blob: &str) -> World {
         let endpoint = EventHubsEndpoint::start(&[("devicedata", 4), ("normalizeddata", 4)]).await;
         let dir = TempDir::new(name);
-        let blob = std::env::var("IOMT_TEST_BLOB_URL").expect("IOMT_TEST_BLOB_URL: run the tests with scripts/test.sh");
         let prefix = unique(name).to_lowercase().replace('_', "-");
         let prefix: String = prefix
             .chars()
@@ -86,7 +92,6 @@ port = 0
                 namespace = endpoint.namespace(),
                 url = endpoint.url(),
                 key = DEVELOPMENT_ACCOUNT_KEY,
-                fhir = fhir_url(),
             ),
         )
         .unwrap();
@@ -122,10 +127,16 @@ port = 0
 
     /// Starts a worker process; its log goes to `worker-<n>.log` in the test directory.
     fn start_worker(&mut self) -> usize {
+        self.start_worker_with(&[])
+    }
+
+    /// Starts a worker process with extra environment variables.
+    fn start_worker_with(&mut self, environment: &[(&str, &str)]) -> usize {
         let index = self.workers.len();
         let log = std::fs::File::create(self.log_path(index)).unwrap();
         let child = self
             .iomt()
+            .envs(environment.iter().copied())
             .args(["run", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -580,4 +591,100 @@ async fn an_invalid_or_deleted_template_keeps_the_last_good_one() {
             .logs()
             .contains("The template was deleted from its container; keeping the last good one.")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_and_storage_outages_delay_the_data_but_lose_none() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::support::servers::{Fault, Proxy};
+
+    let down = Arc::new(AtomicBool::new(false));
+    let outage = |down: Arc<AtomicBool>| {
+        move |_: usize, _: &str, _: &str| {
+            if down.load(Ordering::SeqCst) {
+                Fault::Status(503, None)
+            } else {
+                Fault::Pass
+            }
+        }
+    };
+    let blob = std::env::var("IOMT_TEST_BLOB_URL").unwrap();
+    let (blob_origin, account_path) = blob.rsplit_once('/').unwrap();
+    let fhir_proxy = Proxy::start(&fhir_url(), outage(down.clone())).await;
+    let blob_proxy = Proxy::start(blob_origin, outage(down.clone())).await;
+    let mut world = World::with_servers("outage", &fhir_proxy.url, &format!("{}/{account_path}", blob_proxy.url)).await;
+    world.start_worker();
+    let run = unique("outage");
+    let before = heart_rate_messages(&run, 4, 10);
+    world.send(&before).await;
+    let api = client(&fhir_url());
+    let expected_before = expected(&before, world.dir.path());
+    assert_eq!(
+        wait_for(&*api, &expected_before, Duration::from_secs(60)).await,
+        expected_before,
+        "{}",
+        world.logs()
+    );
+
+    // FHIR and Blob Storage answer 503 for six seconds while more readings arrive.
+    down.store(true, Ordering::SeqCst);
+    let during = heart_rate_messages(&run, 4, 30);
+    world.send(&during[before.len()..]).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let blocked = fhir_proxy.faults() + blob_proxy.faults();
+    assert!(blocked > 0, "the outage was seen");
+    assert_eq!(
+        landed(&*api, &[format!("{run}-patient-000")]).await,
+        landed_subset(&expected_before, &run)
+    );
+    down.store(false, Ordering::SeqCst);
+
+    let expected_all = expected(&during, world.dir.path());
+    assert_eq!(
+        wait_for(&*api, &expected_all, Duration::from_secs(120)).await,
+        expected_all,
+        "{}",
+        world.logs()
+    );
+    assert!(
+        world.dead_letters().is_empty(),
+        "outages are retried, never dead-lettered"
+    );
+    assert!(
+        world.workers[0].try_wait().unwrap().is_none(),
+        "the worker survived the outage"
+    );
+}
+
+/// The expected Observations of patient 000.
+fn landed_subset(expected: &[(String, Value)], run: &str) -> Vec<(String, Value)> {
+    expected
+        .iter()
+        .filter(|(patient, _)| *patient == format!("{run}-patient-000"))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stages_can_run_in_separate_processes() {
+    let mut world = World::new("stages").await;
+    let normalize = world.start_worker_with(&[("IOMT_STAGES", "normalize")]);
+    let transform = world.start_worker_with(&[("IOMT_STAGES", "transform")]);
+    let run = unique("stages");
+    let lines = heart_rate_messages(&run, 5, 10);
+    world.send(&lines).await;
+    let expected = expected(&lines, world.dir.path());
+    let api = client(&fhir_url());
+    assert_eq!(
+        wait_for(&*api, &expected, Duration::from_secs(60)).await,
+        expected,
+        "{}",
+        world.logs()
+    );
+    let normalize_log = std::fs::read_to_string(world.log_path(normalize)).unwrap();
+    let transform_log = std::fs::read_to_string(world.log_path(transform)).unwrap();
+    assert!(normalize_log.contains("Normalize stage started") && !normalize_log.contains("Transform stage started"));
+    assert!(transform_log.contains("Transform stage started") && !transform_log.contains("Normalize stage started"));
 }

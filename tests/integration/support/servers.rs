@@ -172,6 +172,10 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             forward = forward.header(name, value);
         }
     }
+    if body.is_empty() && parts.headers.contains_key("content-length") {
+        // An empty body is sent without a length unless it is set: Blob Storage requires it.
+        forward = forward.header("content-length", "0");
+    }
     let response = forward.send().await.map_err(|_| Dropped)?;
     if fault == Fault::DropAfter {
         return Err(Dropped);
