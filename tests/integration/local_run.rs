@@ -320,3 +320,70 @@ fn an_oversize_message_is_dead_lettered_and_the_rest_lands() {
             .starts_with("72 E")
     );
 }
+
+#[test]
+fn health_and_metrics_are_served_while_running() {
+    let dir = TempDir::new("metrics");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, heart_rate_lines(0..5)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = iomt()
+        .args(["run", "--local", "--follow", "--device-mapping"])
+        .arg(sample("json-device", "devicecontent.json"))
+        .arg("--fhir-mapping")
+        .arg(sample("json-device", "fhirmapping.json"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--max-latency-ms", "100", "--metrics-port", &port.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        Some((status, text))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let metrics = loop {
+        if let Some((200, text)) = get("/metrics")
+            && text.contains(r#"iomt_observations_total{operation="created"} 1"#)
+        {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", get("/metrics"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let health = get("/healthz").expect("healthz answers");
+    assert_eq!(health.0, 200);
+    assert!(health.1.ends_with("ok\n"), "{}", health.1);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(get("/healthz").map(|r| r.0), None, "stopped with the process");
+    for name in [
+        r#"iomt_events_received_total{stage="transform"} 5"#,
+        "iomt_measurements_grouped_total 5",
+        "iomt_end_to_end_latency_seconds_count 5",
+        r#"iomt_fhir_request_duration_seconds_count{operation="batch",outcome="ok"}"#,
+        "# TYPE iomt_pending_measurements gauge",
+    ] {
+        assert!(metrics.contains(name), "{name} missing in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("patient-777") && !metrics.contains("monitor-777"),
+        "no ids in labels"
+    );
+}
