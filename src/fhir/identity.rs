@@ -85,11 +85,10 @@ pub fn identifier_token(system: Option<&str>, value: &str) -> String {
 /// suffixes and contained references give `None`.
 pub fn reference_id<'r>(reference: Option<&'r Json>, resource_type: &str) -> Option<&'r str> {
     let text = reference?.get("reference")?.as_str()?;
-    let prefix = text.get(..resource_type.len() + 1)?;
-    if !prefix[..resource_type.len()].eq_ignore_ascii_case(resource_type) || !prefix.ends_with('/') {
+    let (name, id) = text.split_once('/')?;
+    if !name.eq_ignore_ascii_case(resource_type) {
         return None;
     }
-    let id = &text[prefix.len()..];
     let valid = !id.is_empty()
         && id
             .chars()
@@ -247,6 +246,9 @@ mod tests {
             None
         );
         assert_eq!(reference_id(Some(&reference("Device/1")), "Patient"), None);
+        // Not ASCII where the type name ends: no match, and no panic.
+        assert_eq!(reference_id(Some(&reference("Patien\u{e9}/1")), "Patient"), None);
+        assert_eq!(reference_id(Some(&reference("Pati\u{e9}nt/1")), "Patient"), None);
         assert_eq!(reference_id(None, "Patient"), None);
     }
 

@@ -1,7 +1,7 @@
 //! Building Observations from Observation groups and merging new readings into existing ones
 //! (compat.md §10–§11, decisions P5).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
@@ -383,12 +383,12 @@ fn value_from_readings(
         ValueKind::SampledData { default_period, unit } => Some(sampled_data_value(
             *default_period,
             unit.as_deref(),
-            sampled_data::build(
+            sampled_data_string(
                 readings,
                 window.0,
                 window.1,
                 sampled_data::period_delta(*default_period),
-            ),
+            )?,
         )),
         ValueKind::Quantity { unit, system, code } => {
             let text = latest(readings, superseded);
@@ -476,7 +476,7 @@ fn merge_value(
     let start = observation_start.min(group.start);
     let end = observation_end.max(group.end);
     let mut updated = existing_value.as_object().cloned().unwrap_or_default();
-    updated.set("data", Json::str(sampled_data::build(&merged, start, end, delta)));
+    updated.set("data", Json::str(sampled_data_string(&merged, start, end, delta)?));
     Ok(Json::Object(updated))
 }
 
@@ -497,6 +497,24 @@ fn json_decimal(value: &Json) -> Option<Decimal> {
         Json::Number(text) => text.parse().ok(),
         _ => None,
     }
+}
+
+/// The data string of `[start, end]`, unless it would have more than
+/// [`sampled_data::MAX_SLOTS`] slots.
+fn sampled_data_string<S: AsRef<str>>(
+    readings: &[(DateTime<Utc>, S)],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    period: TimeDelta,
+) -> Result<String, FhirError> {
+    let slots = sampled_data::slot_count(start, end, period);
+    if slots > sampled_data::MAX_SLOTS {
+        return Err(not_supported(&format!(
+            "SampledData of {slots} slots is larger than the {} allowed; the template's defaultPeriod is too short for its periodInterval, or the existing Observation's effectivePeriod is too long.",
+            sampled_data::MAX_SLOTS
+        )));
+    }
+    Ok(sampled_data::build(readings, start, end, period))
 }
 
 fn sampled_data_value(period: Decimal, unit: Option<&str>, data: String) -> Json {

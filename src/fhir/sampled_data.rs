@@ -19,6 +19,20 @@ pub fn period_delta(period_ms: Decimal) -> TimeDelta {
     TimeDelta::nanoseconds(ticks.saturating_mul(100))
 }
 
+/// The most slots one SampledData value may have: a day at 100 ms is 864 000. Larger values
+/// (a tiny period, or a stored Observation spanning years) are refused rather than built.
+pub const MAX_SLOTS: u64 = 1_000_000;
+
+/// How many slots `[start, end]` has at `period`.
+pub fn slot_count(start: DateTime<Utc>, end: DateTime<Utc>, period: TimeDelta) -> u64 {
+    if end < start {
+        return 0;
+    }
+    let nanos = |delta: TimeDelta| i128::from(delta.num_seconds()) * 1_000_000_000 + i128::from(delta.subsec_nanos());
+    let slots = nanos(end - start) / nanos(period).max(1) + 1;
+    u64::try_from(slots).unwrap_or(u64::MAX)
+}
+
 /// Builds the data string for `[start, end]`: slots start at `start + k·period` while
 /// `≤ end`; a slot takes the last reading in `[slot, slot + period)`; readings outside the
 /// window are ignored. `readings` must be sorted by time.
@@ -32,10 +46,11 @@ pub fn build<S: AsRef<str>>(
     let mut next = readings.iter().skip_while(|(time, _)| *time < start).peekable();
     let mut slot = start;
     while slot <= end {
-        let slot_end = slot + period;
+        // `None`: the slot reaches past the last representable instant.
+        let slot_end = slot.checked_add_signed(period);
         let mut value: Option<&str> = None;
         while let Some((time, text)) = next.peek() {
-            if *time >= slot_end {
+            if slot_end.is_some_and(|slot_end| *time >= slot_end) {
                 break;
             }
             value = Some(text.as_ref());
@@ -45,7 +60,10 @@ pub fn build<S: AsRef<str>>(
             out.push(' ');
         }
         out.push_str(value.unwrap_or("E"));
-        slot = slot_end;
+        match slot_end {
+            Some(slot_end) => slot = slot_end,
+            None => break,
+        }
     }
     // The original trims the joined string's end.
     let trimmed = out.trim_end().len();
@@ -61,7 +79,10 @@ pub fn parse(data: &str, start: DateTime<Utc>, period: TimeDelta) -> Vec<(DateTi
         if token != "E" {
             readings.push((time, token));
         }
-        time += period;
+        match time.checked_add_signed(period) {
+            Some(next) => time = next,
+            None => break,
+        }
     }
     readings
 }
@@ -100,6 +121,15 @@ mod tests {
 
     fn readings(pairs: &[(i64, &str)]) -> Vec<Reading> {
         pairs.iter().map(|&(s, v)| (at(s), v.to_string())).collect()
+    }
+
+    #[test]
+    fn stops_at_the_last_representable_instant() {
+        let huge = TimeDelta::MAX;
+        let readings = parse("1 2 3", DateTime::<Utc>::MAX_UTC - TimeDelta::days(1), huge);
+        assert_eq!(readings.len(), 1);
+        let last = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(build(&[(last, "9")], last, last, huge), "9");
     }
 
     fn second() -> TimeDelta {
@@ -153,6 +183,21 @@ mod tests {
     #[test]
     fn fractional_periods_use_tick_resolution() {
         assert_eq!(period_delta("0.5".parse().unwrap()), TimeDelta::microseconds(500));
+        assert_eq!(
+            slot_count(at(0), at(3600) - TimeDelta::nanoseconds(100), second()),
+            3600
+        );
+        assert_eq!(slot_count(at(0), at(0), second()), 1);
+        assert_eq!(slot_count(at(1), at(0), second()), 0);
+        assert_eq!(
+            slot_count(
+                DateTime::<Utc>::MIN_UTC,
+                DateTime::<Utc>::MAX_UTC,
+                TimeDelta::nanoseconds(100)
+            ),
+            u64::MAX,
+            "saturates instead of overflowing"
+        );
         let values = readings(&[(0, "a")]);
         assert_eq!(
             build(

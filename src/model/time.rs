@@ -54,8 +54,13 @@ fn write_seconds(time: DateTime<Utc>, out: &mut String) {
     digits(out, time.second(), 2);
 }
 
-/// Reads an RFC 3339 / ISO 8601 timestamp; one without an offset is UTC (decision P1).
+/// Reads an RFC 3339 / ISO 8601 timestamp; one without an offset is UTC (decision P1). Only
+/// years 1 to 9999 (in UTC) are accepted, the range of .NET's `DateTime` and FHIR's `dateTime`.
 pub fn parse_utc_lenient(text: &str) -> Option<DateTime<Utc>> {
+    parse_any_year(text).filter(|time| (1..=9999).contains(&time.year()))
+}
+
+fn parse_any_year(text: &str) -> Option<DateTime<Utc>> {
     let text = text.trim();
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Some(time.with_timezone(&Utc));
@@ -115,5 +120,15 @@ mod tests {
         assert_eq!(format_utc(utc("2023-03-13T22:46:01+02:00")), "2023-03-13T20:46:01Z");
         assert_eq!(format_utc(utc("2023-03-13 22:46:01")), "2023-03-13T22:46:01Z");
         assert!(parse_utc_lenient("yesterday").is_none());
+    }
+
+    #[test]
+    fn accepts_only_years_1_to_9999() {
+        assert_eq!(format_utc(utc("9999-12-31T23:59:59Z")), "9999-12-31T23:59:59Z");
+        assert_eq!(format_utc(utc("0001-01-01T00:00:00Z")), "0001-01-01T00:00:00Z");
+        assert!(parse_utc_lenient("0000-12-31T23:00:00Z").is_none());
+        assert!(parse_utc_lenient("0001-01-01T00:00:00+01:00").is_none());
+        assert!(parse_utc_lenient("+10000-01-01T00:00:00Z").is_none());
+        assert!(parse_utc_lenient("9999-12-31T23:00:00-02:00").is_none());
     }
 }

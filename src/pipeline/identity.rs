@@ -63,7 +63,7 @@ pub enum ResolveError {
 impl From<FhirApiError> for ResolveError {
     fn from(error: FhirApiError) -> Self {
         match error.kind {
-            FhirApiErrorKind::Rejected => {
+            FhirApiErrorKind::Rejected | FhirApiErrorKind::InvalidResponse => {
                 ResolveError::Data(FhirError::new(FhirErrorKind::RequestRejected, error.message))
             }
             _ => ResolveError::Server(error),

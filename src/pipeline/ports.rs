@@ -105,6 +105,15 @@ impl FhirApiError {
     pub fn is_transient(&self) -> bool {
         matches!(self.kind, FhirApiErrorKind::Transient | FhirApiErrorKind::Unauthorized)
     }
+
+    /// True when the server refuses this request, or answers it with something unusable:
+    /// retrying cannot help, so the data concerned is set aside rather than retried.
+    pub fn is_data_fault(&self) -> bool {
+        matches!(
+            self.kind,
+            FhirApiErrorKind::Rejected | FhirApiErrorKind::InvalidResponse
+        )
+    }
 }
 
 /// An event read from a partition of a source (an Event Hub, a file).

@@ -179,23 +179,30 @@ impl ObservationWriter {
         }
         let existing = self.fetch_existing(&items).await?;
         let mut writes: Vec<(usize, Planned)> = Vec::new();
+        // What each item's windows did, kept until its write settles: an item written again on
+        // its own is merged afresh, and only that last attempt counts.
+        let mut tallies: Vec<Tally> = items.iter().map(|_| Tally::default()).collect();
         for (index, (item, found)) in items.iter().zip(existing).enumerate() {
             match found {
                 Ok(base) => {
-                    let planned = apply(item, base.as_deref(), issued, &mut report);
+                    let (planned, tally) = apply(item, base.as_deref(), issued);
                     match planned {
                         Planned::Unchanged(observation) => {
                             report.unchanged += 1;
-                            self.cache.insert(key(&item.identifier), Arc::new(observation)).await;
+                            self.remember(&item.identifier, observation).await;
+                            report.absorb(tally);
                         }
-                        Planned::Nothing => {}
-                        planned => writes.push((index, planned)),
+                        Planned::Nothing => report.absorb(tally),
+                        planned => {
+                            tallies[index] = tally;
+                            writes.push((index, planned));
+                        }
                     }
                 }
                 Err(error) => report.failures.push(failure(error, &members(item))),
             }
         }
-        let retry = self.write_planned(&items, writes, &mut report).await?;
+        let retry = self.write_planned(&items, writes, &mut tallies, &mut report).await?;
         for index in retry {
             self.write_with_retries(&items[index], issued, &mut report).await?;
         }
@@ -250,28 +257,39 @@ impl ObservationWriter {
                         params: vec![("identifier".into(), key(&items[index].identifier))],
                     })
                     .collect();
-                let replies = self.api.batch(requests).await?;
+                // `None`: search that item again on its own (with the client's retries), so
+                // that a Bundle or entry the server refuses fails only the items it must.
+                let replies: Vec<Option<Vec<Json>>> = match self.api.batch(requests).await {
+                    Ok(replies) => replies
+                        .into_iter()
+                        .map(|reply| match reply {
+                            Ok(BatchReply::Found(found)) => Some(found),
+                            Ok(BatchReply::Stored(_)) | Err(_) => None,
+                        })
+                        .collect(),
+                    Err(error) if error.is_data_fault() => Vec::new(),
+                    Err(error) => return Err(error),
+                };
+                let replies = replies.into_iter().chain(std::iter::repeat_with(|| None));
                 for (&index, reply) in chunk.iter().zip(replies) {
-                    let found = match reply {
-                        Ok(BatchReply::Found(found)) => found,
-                        Ok(BatchReply::Stored(_)) => return Err(unexpected_reply()),
-                        // A failed entry is searched again on its own (with the client's retries).
-                        Err(_) => self.search_observations(&items[index].identifier).await?,
-                    };
-                    results[index] = Some(exact_match(&items[index].identifier, found));
+                    let identifier = &items[index].identifier;
+                    results[index] = Some(match reply {
+                        Some(found) => exact_match(identifier, found),
+                        None => self.search_existing(identifier).await?,
+                    });
                 }
             }
         } else {
             let mut searches = Vec::with_capacity(misses.len());
             for &index in &misses {
-                searches.push(self.search_observations(&items[index].identifier).boxed());
+                searches.push(self.search_existing(&items[index].identifier).boxed());
             }
-            let searched: Vec<Result<Vec<Json>, FhirApiError>> = stream::iter(searches)
+            let searched: Vec<_> = stream::iter(searches)
                 .buffered(self.settings.concurrency.max(1))
                 .collect()
                 .await;
             for (&index, found) in misses.iter().zip(searched) {
-                results[index] = Some(exact_match(&items[index].identifier, found?));
+                results[index] = Some(found?);
             }
         }
         Ok(results
@@ -280,18 +298,37 @@ impl ObservationWriter {
             .collect())
     }
 
-    async fn search_observations(&self, identifier: &str) -> Result<Vec<Json>, FhirApiError> {
-        self.api
+    /// The stored Observation with `identifier`, searched on its own. A search the server
+    /// refuses fails only this item; an unavailable server fails the call.
+    async fn search_existing(&self, identifier: &str) -> Result<Result<Option<Arc<Json>>, FhirError>, FhirApiError> {
+        match self
+            .api
             .search("Observation", &[("identifier", key(identifier))], None)
             .await
+        {
+            Ok(found) => Ok(exact_match(identifier, found)),
+            Err(error) if error.is_data_fault() => Ok(Err(rejected(&error))),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Caches a stored Observation, if it has a `versionId` to guard the next write with.
+    async fn remember(&self, identifier: &str, observation: Json) {
+        if version_id(&observation).is_some() {
+            self.cache.insert(key(identifier), Arc::new(observation)).await;
+        } else {
+            self.cache.invalidate(&key(identifier)).await;
+        }
     }
 
     /// Writes the planned Observations; returns the items to write again on their own (a
-    /// conflict, or a Bundle entry that failed for a transient reason).
+    /// conflict, a Bundle entry that failed for a transient reason, or a Bundle the server
+    /// refused as a whole).
     async fn write_planned(
         &self,
         items: &[Item<'_>],
         writes: Vec<(usize, Planned)>,
+        tallies: &mut [Tally],
         report: &mut WriteReport,
     ) -> Result<Vec<usize>, FhirApiError> {
         let mut retry = Vec::new();
@@ -332,13 +369,24 @@ impl ObservationWriter {
                 .collect()
                 .await;
             for (chunk, replies) in sent {
-                for (write, reply) in chunk.into_iter().zip(replies?) {
+                let replies = match replies {
+                    Ok(replies) => replies,
+                    Err(error) if error.is_data_fault() => Vec::new(),
+                    Err(error) => return Err(error),
+                };
+                // A write without a reply is written again on its own.
+                let replies = replies.into_iter().map(Some).chain(std::iter::repeat_with(|| None));
+                for (write, reply) in chunk.into_iter().zip(replies) {
                     let outcome = match reply {
-                        Ok(BatchReply::Stored(stored)) => Ok(stored),
-                        Ok(BatchReply::Found(_)) => Err(unexpected_reply()),
-                        Err(error) => Err(error),
+                        Some(Ok(BatchReply::Stored(stored))) => Ok(stored),
+                        Some(Ok(BatchReply::Found(_))) | None => Err(unexpected_reply()),
+                        Some(Err(error)) => Err(error),
                     };
-                    if self.settle(&items[write.index], write.created, outcome, report).await {
+                    let tally = std::mem::take(&mut tallies[write.index]);
+                    if self
+                        .settle(&items[write.index], write.created, outcome, tally, report)
+                        .await
+                    {
                         retry.push(write.index);
                     }
                 }
@@ -360,7 +408,11 @@ impl ObservationWriter {
                 .collect()
                 .await;
             for (write, outcome) in sent {
-                if self.settle(&items[write.index], write.created, outcome, report).await {
+                let tally = std::mem::take(&mut tallies[write.index]);
+                if self
+                    .settle(&items[write.index], write.created, outcome, tally, report)
+                    .await
+                {
                     retry.push(write.index);
                 }
             }
@@ -375,15 +427,17 @@ impl ObservationWriter {
         item: &Item<'_>,
         created: bool,
         outcome: Result<Json, FhirApiError>,
+        tally: Tally,
         report: &mut WriteReport,
     ) -> bool {
         match outcome {
             Ok(stored) => {
                 self.record_stored(item, created, stored, report).await;
+                report.absorb(tally);
                 false
             }
             Err(error) if error.kind == FhirApiErrorKind::Rejected => {
-                report.failures.push(failure(rejected(&error), &members(item)));
+                reject(item, &error, tally, report);
                 false
             }
             Err(error) => {
@@ -405,11 +459,12 @@ impl ObservationWriter {
         } else {
             report.updated += 1;
         }
-        self.cache.insert(key(&item.identifier), Arc::new(stored)).await;
+        self.remember(&item.identifier, stored).await;
     }
 
     /// Writes one item on its own: re-read the stored Observation, apply the windows, write;
-    /// on 409/412 again, up to `conflict_retries` more times.
+    /// on 409/412 again, up to `conflict_retries` more times. Fails the call only when the
+    /// server is unavailable or the conflicts go on: the batch is then written again later.
     async fn write_with_retries(
         &self,
         item: &Item<'_>,
@@ -418,36 +473,40 @@ impl ObservationWriter {
     ) -> Result<(), FhirApiError> {
         let mut attempts = 0;
         loop {
-            let base = match exact_match(&item.identifier, self.search_observations(&item.identifier).await?) {
+            let base = match self.search_existing(&item.identifier).await? {
                 Ok(base) => base,
                 Err(error) => {
                     report.failures.push(failure(error, &members(item)));
                     return Ok(());
                 }
             };
-            // Failures and superseded counts were recorded on the first pass.
-            let mut scratch = WriteReport::default();
-            let (created, resource, version) = match apply(item, base.as_deref(), issued, &mut scratch) {
+            let (planned, tally) = apply(item, base.as_deref(), issued);
+            let (created, resource, version) = match planned {
                 Planned::Create(resource) => (true, resource, None),
                 Planned::Update { resource, version } => (false, resource, version),
                 Planned::Unchanged(observation) => {
                     report.unchanged += 1;
-                    self.cache.insert(key(&item.identifier), Arc::new(observation)).await;
+                    self.remember(&item.identifier, observation).await;
+                    report.absorb(tally);
                     return Ok(());
                 }
-                Planned::Nothing => return Ok(()),
+                Planned::Nothing => {
+                    report.absorb(tally);
+                    return Ok(());
+                }
             };
             match self.api.put(&resource, version.as_deref()).await {
                 Ok(stored) => {
                     self.record_stored(item, created, stored, report).await;
+                    report.absorb(tally);
                     return Ok(());
                 }
                 Err(error) if error.kind == FhirApiErrorKind::Conflict && attempts < self.settings.conflict_retries => {
                     attempts += 1;
                     report.conflicts_retried += 1;
                 }
-                Err(error) if error.kind == FhirApiErrorKind::Rejected => {
-                    report.failures.push(failure(rejected(&error), &members(item)));
+                Err(error) if error.is_data_fault() => {
+                    reject(item, &error, tally, report);
                     return Ok(());
                 }
                 Err(error) => return Err(error),
@@ -456,8 +515,41 @@ impl ObservationWriter {
     }
 }
 
+/// What an item's windows did while being applied: readings superseded, windows that failed.
+#[derive(Default)]
+struct Tally {
+    superseded: usize,
+    failures: Vec<GroupFailure>,
+}
+
+impl WriteReport {
+    fn absorb(&mut self, tally: Tally) {
+        self.superseded += tally.superseded;
+        self.failures.extend(tally.failures);
+    }
+}
+
+/// Records that the server refused an item's write: its windows that had failed already keep
+/// their own reason, the rest fail with the server's.
+fn reject(item: &Item<'_>, error: &FhirApiError, tally: Tally, report: &mut WriteReport) {
+    let already: Vec<usize> = tally
+        .failures
+        .iter()
+        .flat_map(|failed| failed.members.iter().copied())
+        .collect();
+    let rest: Vec<usize> = members(item)
+        .into_iter()
+        .filter(|member| !already.contains(member))
+        .collect();
+    report.failures.extend(tally.failures);
+    if !rest.is_empty() {
+        report.failures.push(failure(rejected(error), &rest));
+    }
+}
+
 /// Folds an item's windows into its stored Observation (or a new one).
-fn apply(item: &Item<'_>, base: Option<&Json>, issued: DateTime<Utc>, report: &mut WriteReport) -> Planned {
+fn apply(item: &Item<'_>, base: Option<&Json>, issued: DateTime<Utc>) -> (Planned, Tally) {
+    let mut tally = Tally::default();
     let mut current: Option<Json> = base.cloned();
     let mut changed = false;
     for work in &item.windows {
@@ -470,15 +562,15 @@ fn apply(item: &Item<'_>, base: Option<&Json>, issued: DateTime<Utc>, report: &m
             issued,
         ) {
             Ok(Upsert::Create(built) | Upsert::Update(built)) => {
-                report.superseded += built.superseded;
+                tally.superseded += built.superseded;
                 current = Some(built.observation);
                 changed = true;
             }
             Ok(Upsert::Unchanged) => {}
-            Err(error) => report.failures.push(failure(error, &work.window.members)),
+            Err(error) => tally.failures.push(failure(error, &work.window.members)),
         }
     }
-    match (base, current) {
+    let planned = match (base, current) {
         (_, None) => Planned::Nothing,
         (None, Some(resource)) => Planned::Create(resource),
         (Some(base), Some(resource)) if changed => Planned::Update {
@@ -486,7 +578,8 @@ fn apply(item: &Item<'_>, base: Option<&Json>, issued: DateTime<Utc>, report: &m
             version: version_id(base).map(str::to_string),
         },
         (Some(_), Some(resource)) => Planned::Unchanged(resource),
-    }
+    };
+    (planned, tally)
 }
 
 /// The search results that carry exactly the wanted identifier (servers may match only a

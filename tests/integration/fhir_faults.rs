@@ -203,3 +203,68 @@ async fn a_rejected_observation_fails_only_its_own_measurements() {
         assert_eq!(landed.len(), 6, "everything else landed");
     }
 }
+
+#[tokio::test]
+async fn bundles_the_server_refuses_whole_are_retried_entry_by_entry() {
+    let device = unique("refused-bundle");
+    let (patient, device_id) = linked_device(&device).await;
+    let refused = hashed_id(
+        Some(SERVICE_SYSTEM),
+        &format!("{patient}.{device_id}.heartrate.20240301080000Z.20240301085959Z"),
+    );
+    let path = format!("/Observation/{refused}");
+    // Every Bundle is refused as a whole (as servers do when one entry does not parse); on its
+    // own, only the 08:00 heart-rate Observation is.
+    let proxy = Proxy::start(&fhir_url(), move |_, method, request_path| match method {
+        "POST" => Fault::Reject(400, "Bundle.entry[3]: invalid content".into()),
+        "PUT" if request_path == path => Fault::Reject(422, "Observation.value[x]: rejected by a profile".into()),
+        _ => Fault::Pass,
+    })
+    .await;
+    let report = writer(client(&proxy.url), IdentityMode::Lookup, 4)
+        .write(&templates(), &batches(&device)[0], at("2024-03-01T10:00:00Z"))
+        .await
+        .expect("a refused Bundle does not fail the batch");
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    assert_eq!(report.failures[0].error.kind, FhirErrorKind::RequestRejected);
+    assert_eq!(report.failures[0].members, (0..20).step_by(2).collect::<Vec<_>>());
+    assert_eq!(report.created, 6);
+    assert_eq!(observations_of(&*client(&fhir_url()), &patient).await.len(), 6);
+}
+
+#[tokio::test]
+async fn a_search_the_server_refuses_fails_only_its_own_measurements() {
+    for batch_size in [0, 4] {
+        let device = unique("refused-search");
+        let (patient, device_id) = linked_device(&device).await;
+        let identifier = format!("{patient}.{device_id}.heartrate.20240301090000Z.20240301095959Z");
+        // Searches are refused in Bundles and, for the 09:00 heart-rate identifier, on their own.
+        let proxy = Proxy::start(&fhir_url(), move |_, method, request_path| {
+            if method == "POST" {
+                Fault::Reject(400, "batch searches are not supported".into())
+            } else if method == "GET" && request_path.starts_with("/Observation?") && request_path.contains(&identifier)
+            {
+                Fault::Reject(400, "identifier: value too long".into())
+            } else {
+                Fault::Pass
+            }
+        })
+        .await;
+        let report = writer(client(&proxy.url), IdentityMode::Lookup, batch_size)
+            .write(&templates(), &batches(&device)[0], at("2024-03-01T10:00:00Z"))
+            .await
+            .expect("a refused search does not fail the batch");
+        assert_eq!(report.failures.len(), 1, "{report:?}");
+        let failure = &report.failures[0];
+        assert_eq!(failure.error.kind, FhirErrorKind::RequestRejected);
+        assert!(
+            failure.error.message.contains("value too long"),
+            "{}",
+            failure.error.message
+        );
+        // The 09:00 readings are the odd indices of the first 20.
+        assert_eq!(failure.members, (1..20).step_by(2).collect::<Vec<_>>());
+        assert_eq!(report.created, 6, "{report:?}");
+        assert_eq!(observations_of(&*client(&fhir_url()), &patient).await.len(), 6);
+    }
+}

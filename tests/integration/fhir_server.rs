@@ -431,11 +431,35 @@ async fn rerunning_a_batch_writes_nothing() {
 }
 
 /// Delegates to the real client; before the first conditional write, another writer changes the
-/// same Observation, so that write meets a 412.
+/// same Observation with `change`, so that write meets a 412.
 #[derive(Debug)]
 struct Interloper {
     inner: Arc<dyn FhirApi>,
     interfered: Mutex<bool>,
+    change: fn(&mut serde_json::Value),
+}
+
+impl Interloper {
+    fn new(inner: Arc<dyn FhirApi>, change: fn(&mut serde_json::Value)) -> Self {
+        Interloper {
+            inner,
+            interfered: Mutex::new(false),
+            change,
+        }
+    }
+}
+
+/// The other writer of the 412 tests: adds a reading in slot 10 of the stored Observation.
+fn add_slot_10(theirs: &mut serde_json::Value) {
+    let mut tokens: Vec<String> = theirs["valueSampledData"]["data"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    tokens.resize(3600, "E".into());
+    tokens[10] = "110".into();
+    theirs["valueSampledData"]["data"] = json!(tokens.join(" ").trim_end_matches(" E").to_string());
 }
 
 #[async_trait]
@@ -448,22 +472,13 @@ impl FhirApi for Interloper {
         let mut interfered = self.interfered.lock().await;
         if if_match.is_some() && !*interfered {
             *interfered = true;
-            // The other writer: add a reading in slot 10 to the stored Observation.
             let id = resource_id(resource).unwrap();
             let stored = self
                 .inner
                 .search("Observation", &[("_id", id.to_string())], None)
                 .await?;
             let mut theirs: serde_json::Value = serde_json::from_str(&stored[0].to_json()).unwrap();
-            let mut tokens: Vec<String> = theirs["valueSampledData"]["data"]
-                .as_str()
-                .unwrap()
-                .split(' ')
-                .map(str::to_string)
-                .collect();
-            tokens.resize(3600, "E".into());
-            tokens[10] = "110".into();
-            theirs["valueSampledData"]["data"] = json!(tokens.join(" ").trim_end_matches(" E").to_string());
+            (self.change)(&mut theirs);
             let version = theirs["meta"]["versionId"].as_str().unwrap().to_string();
             self.inner
                 .put(&Json::parse(&theirs.to_string()).unwrap(), Some(&version))
@@ -491,10 +506,7 @@ async fn a_concurrent_writer_forces_a_412_and_the_retry_converges() {
         )
         .await
         .unwrap();
-    let api = Arc::new(Interloper {
-        inner: real.clone(),
-        interfered: Mutex::new(false),
-    });
+    let api = Arc::new(Interloper::new(real.clone(), add_slot_10));
     let report = writer(api.clone(), IdentityMode::Lookup, 0)
         .write(
             &templates(),
@@ -513,6 +525,40 @@ async fn a_concurrent_writer_forces_a_412_and_the_retry_converges() {
         "both writers' readings survive"
     );
     assert_eq!(observations[0]["meta"]["versionId"], "3");
+}
+
+#[tokio::test]
+async fn a_merge_that_fails_after_a_412_fails_its_measurements_instead_of_dropping_them() {
+    let real = client(&fhir_url());
+    let device = unique("race-type");
+    linked_device(&*real, &device, None).await;
+    writer(real.clone(), IdentityMode::Lookup, 0)
+        .write(
+            &templates(),
+            &[heart_rate(&device, None, "2024-03-01T08:00:00Z", 70)],
+            at("2024-03-01T08:00:30Z"),
+        )
+        .await
+        .unwrap();
+    // The other writer turns the SampledData into a Quantity: the re-read cannot be merged into.
+    let api = Arc::new(Interloper::new(real.clone(), |theirs| {
+        theirs.as_object_mut().unwrap().remove("valueSampledData");
+        theirs["valueQuantity"] = json!({"value": 1});
+    }));
+    let report = writer(api.clone(), IdentityMode::Lookup, 0)
+        .write(
+            &templates(),
+            &[heart_rate(&device, None, "2024-03-01T08:00:20Z", 90)],
+            at("2024-03-01T08:01:00Z"),
+        )
+        .await
+        .unwrap();
+    assert!(*api.interfered.lock().await, "the competing write happened");
+    assert_eq!(report.conflicts_retried, 1, "{report:?}");
+    assert_eq!(report.updated, 0, "{report:?}");
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    assert_eq!(report.failures[0].error.kind, FhirErrorKind::NotSupported);
+    assert_eq!(report.failures[0].members, vec![0]);
 }
 
 #[tokio::test]
