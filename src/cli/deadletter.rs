@@ -10,6 +10,8 @@ use async_trait::async_trait;
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "service")]
+use super::EXIT_UNAVAILABLE;
 use super::io::stdout;
 use super::{EXIT_OK, EXIT_USAGE};
 use crate::adapters::local::{DirDeadLetterStore, NdjsonFhirStore};
@@ -205,13 +207,26 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<u8> {
         // templates in the container) process them again.
         let store = args.store.store()?;
         let records = store.list().await.map_err(|error| anyhow::anyhow!(error))?;
-        let payloads: Vec<DeadLetterRecord> = records.iter().map(|(_, record)| record.clone()).collect();
-        let sent = super::worker::redrive(&config, &payloads).await?;
-        for (name, _) in &records {
+        let redriven = super::worker::redrive(&config, &records).await;
+        // Only what went out is removed; the rest stays for another try.
+        for name in &redriven.sent {
             store.remove(name).await.map_err(|error| anyhow::anyhow!(error))?;
         }
-        eprintln!("iomt: redrove {sent} of {} records into the pipeline", records.len());
-        return Ok(EXIT_OK);
+        for (name, why) in &redriven.kept {
+            eprintln!("iomt: kept {name}: {why}");
+        }
+        eprintln!(
+            "iomt: redrove {} of {} records into the pipeline",
+            redriven.sent.len(),
+            records.len()
+        );
+        return Ok(match redriven.failed {
+            Some(error) => {
+                eprintln!("iomt: redrive stopped: {error:#}");
+                EXIT_UNAVAILABLE
+            }
+            None => EXIT_OK,
+        });
     }
     let (Some(device_path), Some(fhir_path)) = (&args.device_mapping, &args.fhir_mapping) else {
         eprintln!("iomt: a local redrive needs --device-mapping and --fhir-mapping");
@@ -265,6 +280,7 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<u8> {
         let decoder: &dyn Decoder = match kind {
             PayloadKind::DeviceEvent => &normalizing,
             PayloadKind::Measurement => &MeasurementDecoder,
+            PayloadKind::Snapshot => continue,
         };
         let context = TransformContext {
             writer: &writer,
@@ -289,8 +305,12 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<u8> {
         .map_err(|error| anyhow::anyhow!(error))?
         .into_iter()
         .collect();
+    let mut kept = 0;
     for (name, old) in &records {
-        if now
+        if old.payload_kind == PayloadKind::Snapshot {
+            eprintln!("iomt: kept {name}: an unreadable partition snapshot cannot be redriven; inspect it");
+            kept += 1;
+        } else if now
             .get(name)
             .is_some_and(|current| current.dead_lettered_at == old.dead_lettered_at)
         {
@@ -311,7 +331,7 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<u8> {
     };
     eprintln!(
         "iomt: redrove {} records: {} Observations created, {} updated, {} unchanged; {again} records dead-lettered again",
-        records.len(),
+        records.len() - kept,
         count("created"),
         count("updated"),
         count("unchanged")

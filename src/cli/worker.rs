@@ -519,13 +519,33 @@ where
     Ok(())
 }
 
+/// What a redrive into the hubs did.
+#[derive(Debug, Default)]
+pub struct Redriven {
+    /// Names of the records sent.
+    pub sent: Vec<String>,
+    /// Names of the records that cannot be sent, and why.
+    pub kept: Vec<(String, String)>,
+    /// Why sending stopped early, if it did (the unsent records are neither sent nor kept).
+    pub failed: Option<anyhow::Error>,
+}
+
 /// Sends dead-lettered messages back into the pipeline: device events to the device hub (with
 /// their application properties, and their `iothub-*` system properties as message
-/// annotations), Measurements to the normalized hub keyed by device. Returns how many went out.
-pub async fn redrive(
+/// annotations), Measurements to the normalized hub keyed by device.
+pub async fn redrive(config: &Config, records: &[(String, crate::pipeline::deadletter::DeadLetterRecord)]) -> Redriven {
+    let mut redriven = Redriven::default();
+    if let Err(error) = send_records(config, records, &mut redriven).await {
+        redriven.failed = Some(error);
+    }
+    redriven
+}
+
+async fn send_records(
     config: &Config,
-    records: &[crate::pipeline::deadletter::DeadLetterRecord],
-) -> anyhow::Result<usize> {
+    records: &[(String, crate::pipeline::deadletter::DeadLetterRecord)],
+    redriven: &mut Redriven,
+) -> anyhow::Result<()> {
     use azure_core_amqp::AmqpSymbol;
     use azure_core_amqp::message::AmqpMessageBody;
     use azure_messaging_eventhubs::models::{AmqpMessage, AmqpSimpleValue, AmqpValue};
@@ -551,16 +571,30 @@ pub async fn redrive(
             other => AmqpSimpleValue::String(other.to_string()),
         }
     };
-    let mut sent = 0;
-    let device_events: Vec<_> = records
-        .iter()
-        .filter(|r| r.payload_kind == PayloadKind::DeviceEvent)
-        .collect();
+    let mut device_events = Vec::new();
+    let mut measurements = Vec::new();
+    for (name, record) in records {
+        match record.payload_kind {
+            PayloadKind::DeviceEvent => device_events.push((name, record)),
+            PayloadKind::Measurement => {
+                match crate::model::Measurement::from_json(record.payload.as_deref().unwrap_or_default()) {
+                    Ok(measurement) => measurements.push((name, measurement)),
+                    Err(error) => redriven
+                        .kept
+                        .push((name.clone(), format!("the payload is not a Measurement: {error}"))),
+                }
+            }
+            PayloadKind::Snapshot => redriven.kept.push((
+                name.clone(),
+                "an unreadable partition snapshot cannot be redriven; inspect it".into(),
+            )),
+        }
+    }
     if !device_events.is_empty() {
         let producer = producer(&hub_config(&eh.device_hub), azure.clone())
             .await
             .map_err(anyhow::Error::msg)?;
-        for record in device_events {
+        for (name, record) in device_events {
             let mut builder = AmqpMessage::builder().with_body(AmqpMessageBody::Binary(vec![record.payload_bytes()]));
             for (name, value) in &record.properties {
                 builder = builder.add_application_property(name.clone(), simple(value));
@@ -583,22 +617,26 @@ pub async fn redrive(
                 .send_message(message, None)
                 .await
                 .map_err(|error| anyhow::anyhow!("sending to {} failed: {error}", eh.device_hub))?;
-            sent += 1;
+            redriven.sent.push(name.clone());
         }
     }
-    let measurements: Vec<crate::model::Measurement> = records
-        .iter()
-        .filter(|r| r.payload_kind == PayloadKind::Measurement)
-        .filter_map(|r| crate::model::Measurement::from_json(r.payload.as_deref()?).ok())
-        .collect();
     if !measurements.is_empty() {
         let sink = EventHubsSink::new(
             producer(&hub_config(&eh.normalized_hub), azure.clone())
                 .await
                 .map_err(anyhow::Error::msg)?,
         );
-        let too_large = sink.send(&measurements).await.map_err(|error| anyhow::anyhow!(error))?;
-        sent += measurements.len() - too_large.len();
+        let batch: Vec<crate::model::Measurement> = measurements.iter().map(|(_, m)| m.clone()).collect();
+        let too_large = sink.send(&batch).await.map_err(|error| anyhow::anyhow!(error))?;
+        for (index, (name, _)) in measurements.into_iter().enumerate() {
+            if too_large.contains(&index) {
+                redriven
+                    .kept
+                    .push((name.clone(), "the Measurement is too large for an event".into()));
+            } else {
+                redriven.sent.push(name.clone());
+            }
+        }
     }
-    Ok(sent)
+    Ok(())
 }

@@ -36,6 +36,9 @@ pub enum PayloadKind {
     DeviceEvent,
     /// A normalized Measurement (wire JSON): redriven through the FHIR stage.
     Measurement,
+    /// A partition snapshot of waiting Measurements that could not be read back: kept for
+    /// inspection, never redriven.
+    Snapshot,
 }
 
 /// One dead-lettered message.

@@ -105,13 +105,24 @@ pub struct Snapshot {
     pub readings: Vec<PendingReading>,
 }
 
+/// A reading of a snapshot that could not be read back: its JSON and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnreadableReading {
+    /// Its source event, as far as the snapshot says.
+    pub origin: Origin,
+    /// The reading's JSON as stored.
+    pub payload: Vec<u8>,
+    /// Why it could not be read.
+    pub reason: String,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SnapshotDocument {
+struct SnapshotDocument<R> {
     version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     through_sequence: Option<i64>,
-    pending: Vec<SnapshotReading>,
+    pending: Vec<R>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -147,32 +158,53 @@ impl Snapshot {
         serde_json::to_vec(&document).expect("a snapshot serializes")
     }
 
-    /// Reads a snapshot written by [`Snapshot::to_bytes`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Snapshot, String> {
-        let document: SnapshotDocument =
+    /// Reads a snapshot of `partition` written by [`Snapshot::to_bytes`]. Readings that cannot
+    /// be read back are returned apart, so that they can be set aside; an error means the
+    /// document as a whole is unreadable.
+    pub fn from_bytes(bytes: &[u8], partition: &str) -> Result<(Snapshot, Vec<UnreadableReading>), String> {
+        let document: SnapshotDocument<serde_json::Value> =
             serde_json::from_slice(bytes).map_err(|error| format!("the snapshot is not valid: {error}"))?;
         if document.version != 1 {
             return Err(format!("unknown snapshot version {}", document.version));
         }
-        let readings = document
-            .pending
-            .into_iter()
-            .map(|reading| {
-                Ok(PendingReading {
-                    measurement: Measurement::from_value(&reading.measurement).map_err(|error| error.0)?,
-                    origin: Origin {
-                        partition: reading.partition,
-                        offset: reading.offset,
-                        sequence_number: reading.sequence_number,
-                        enqueued_time: reading.enqueued_time.as_deref().and_then(parse_utc_lenient),
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Snapshot {
+        let mut readings = Vec::with_capacity(document.pending.len());
+        let mut unreadable = Vec::new();
+        for value in document.pending {
+            match read_reading(&value) {
+                Ok(reading) => readings.push(reading),
+                Err((origin, reason)) => unreadable.push(UnreadableReading {
+                    origin: origin.unwrap_or_else(|| Origin {
+                        partition: partition.to_string(),
+                        offset: "snapshot".into(),
+                        sequence_number: None,
+                        enqueued_time: None,
+                    }),
+                    payload: value.get("measurement").unwrap_or(&value).to_string().into_bytes(),
+                    reason,
+                }),
+            }
+        }
+        let snapshot = Snapshot {
             through_sequence: document.through_sequence,
             readings,
-        })
+        };
+        Ok((snapshot, unreadable))
+    }
+}
+
+/// One snapshot reading; on failure, its origin if that much could be read, and why.
+fn read_reading(value: &serde_json::Value) -> Result<PendingReading, (Option<Origin>, String)> {
+    let reading = SnapshotReading::deserialize(value)
+        .map_err(|error| (None, format!("the snapshot reading is not valid: {error}")))?;
+    let origin = Origin {
+        partition: reading.partition,
+        offset: reading.offset,
+        sequence_number: reading.sequence_number,
+        enqueued_time: reading.enqueued_time.as_deref().and_then(parse_utc_lenient),
+    };
+    match Measurement::from_value(&reading.measurement) {
+        Ok(measurement) => Ok(PendingReading { measurement, origin }),
+        Err(error) => Err((Some(origin), error.0)),
     }
 }
 
@@ -235,7 +267,39 @@ mod tests {
             through_sequence: Some(7),
             readings: vec![reading(0, 6), reading(1, 7)],
         };
-        assert_eq!(Snapshot::from_bytes(&snapshot.to_bytes()).unwrap(), snapshot);
-        assert!(Snapshot::from_bytes(b"{}").is_err());
+        assert_eq!(
+            Snapshot::from_bytes(&snapshot.to_bytes(), "0").unwrap(),
+            (snapshot, Vec::new())
+        );
+        assert!(Snapshot::from_bytes(b"{}", "0").is_err());
+        assert!(Snapshot::from_bytes(br#"{"version":2,"pending":[]}"#, "0").is_err());
+    }
+
+    #[test]
+    fn unreadable_snapshot_readings_are_returned_apart() {
+        let good = Snapshot {
+            through_sequence: Some(9),
+            readings: vec![reading(0, 8)],
+        };
+        let mut document: serde_json::Value = serde_json::from_slice(&good.to_bytes()).unwrap();
+        let pending = document["pending"].as_array_mut().unwrap();
+        let mut no_type = pending[0].clone();
+        no_type["measurement"].as_object_mut().unwrap().remove("Type");
+        no_type["sequenceNumber"] = 9.into();
+        pending.push(no_type);
+        pending.push(serde_json::json!({"measurement": {"Type": "x"}}));
+        let (snapshot, unreadable) = Snapshot::from_bytes(&serde_json::to_vec(&document).unwrap(), "3").unwrap();
+        assert_eq!(snapshot, good);
+        assert_eq!(unreadable.len(), 2);
+        assert_eq!(unreadable[0].origin.sequence_number, Some(9));
+        assert_eq!(unreadable[0].reason, "Type is required");
+        assert!(String::from_utf8_lossy(&unreadable[0].payload).contains("\"DeviceId\":\"d1\""));
+        assert_eq!(unreadable[1].origin.partition, "3");
+        assert!(
+            unreadable[1].reason.contains("missing field"),
+            "{}",
+            unreadable[1].reason
+        );
+        assert_eq!(unreadable[1].payload, br#"{"Type":"x"}"#);
     }
 }

@@ -450,20 +450,58 @@ pub async fn transform_partition(
         };
         if let Some((bytes, tag)) = loaded {
             snapshot_tag = Some(tag);
-            match Snapshot::from_bytes(&bytes) {
-                Ok(snapshot) => {
-                    let now = Utc::now();
-                    snapshot_holds_readings = !snapshot.readings.is_empty();
-                    tracing::info!(partition = %partition, readings = snapshot.readings.len(), "Resuming from the partition snapshot.");
+            let now = Utc::now();
+            let dead_letters = match Snapshot::from_bytes(&bytes, &partition) {
+                Ok((snapshot, unreadable)) => {
+                    snapshot_holds_readings = !snapshot.readings.is_empty() || !unreadable.is_empty();
+                    tracing::info!(partition = %partition, readings = snapshot.readings.len(), unreadable = unreadable.len(), "Resuming from the partition snapshot.");
                     for reading in snapshot.readings {
                         let end = window_end_of(context.templates, &reading.measurement);
                         pending.push(reading, end, now);
                     }
                     skip_through = snapshot.through_sequence;
+                    unreadable
+                        .iter()
+                        .map(|reading| {
+                            DeadLetterRecord::new(
+                                Stage::Transform,
+                                "MeasurementProcessingException",
+                                &reading.reason,
+                                &reading.origin,
+                                PayloadKind::Measurement,
+                                &reading.payload,
+                                serde_json::Map::new(),
+                                serde_json::Map::new(),
+                                now,
+                            )
+                        })
+                        .collect()
                 }
                 Err(error) => {
-                    tracing::error!(partition = %partition, error = %error, "Ignoring an unreadable partition snapshot.")
+                    // Its readings were checkpointed past: keep the document itself.
+                    tracing::error!(partition = %partition, error = %error, "The partition snapshot is unreadable; dead-lettering it.");
+                    snapshot_holds_readings = true;
+                    let origin = Origin {
+                        partition: partition.clone(),
+                        offset: "snapshot".into(),
+                        sequence_number: None,
+                        enqueued_time: None,
+                    };
+                    vec![DeadLetterRecord::new(
+                        Stage::Transform,
+                        "SnapshotUnreadableException",
+                        &error,
+                        &origin,
+                        PayloadKind::Snapshot,
+                        &bytes,
+                        serde_json::Map::new(),
+                        serde_json::Map::new(),
+                        now,
+                    )]
                 }
+            };
+            if write_dead_letters(stage, &dead_letters).await.is_none() {
+                return PartitionEnd::Shutdown;
             }
         }
     }
@@ -651,6 +689,9 @@ async fn flush(pending: &mut PendingWindows, context: &TransformContext<'_>) -> 
     let mut failed = vec![false; readings.len()];
     for failure in &report.failures {
         for &member in &failure.members {
+            if failed[member] {
+                continue;
+            }
             failed[member] = true;
             let reading = &readings[member];
             dead_letters.push(DeadLetterRecord::new(

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::fhir_r4::observation_problems;
 use crate::util::{TempDir, iomt};
@@ -386,4 +386,75 @@ fn health_and_metrics_are_served_while_running() {
         !metrics.contains("patient-777") && !metrics.contains("monitor-777"),
         "no ids in labels"
     );
+}
+
+#[test]
+fn snapshot_readings_that_cannot_be_read_back_are_dead_lettered_not_dropped() {
+    let dir = TempDir::new("snapshot");
+    let state = dir.path().join("state");
+    let device = sample("json-device", "devicecontent.json");
+    let fhir = sample("json-device", "fhirmapping.json");
+    let snapshots = state.join("state").join("local");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    // A snapshot left by an earlier run: one good reading, one without a type.
+    let reading = |measurement: Value| json!({"measurement": measurement, "partition": "in.jsonl", "offset": "1"});
+    let good = json!({"Type": "heartrate", "OccurrenceTimeUtc": "2024-03-01T09:00:00Z", "DeviceId": "m1",
+                      "PatientId": "p1", "Properties": [{"Name": "hr", "Value": "88"}]});
+    let mut bad = good.clone();
+    bad.as_object_mut().unwrap().remove("Type");
+    let snapshot = json!({"version": 1, "pending": [reading(good), reading(bad)]});
+    std::fs::write(snapshots.join("in.jsonl.json"), snapshot.to_string()).unwrap();
+    // And one that is not a snapshot at all.
+    std::fs::write(snapshots.join("other.jsonl.json"), "{torn write").unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"deviceid":"m1","patientid":"p1","measurementdatetime":"2024-03-01T08:00:00Z","heartrate":72}"#,
+    )
+    .unwrap();
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, "").unwrap();
+    let output = run_local(&state, &device, &fhir, &[&input, &other], "body");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let landed = stored(&state);
+    assert_eq!(landed.len(), 2, "the 08:00 reading and the snapshot's 09:00 reading");
+    let listed = iomt()
+        .args(["deadletter", "list", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let mut records: Vec<Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    records.sort_by_key(|r| r["errorKind"].as_str().unwrap().to_string());
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(records[0]["errorKind"], "MeasurementProcessingException");
+    assert_eq!(records[0]["message"], "Type is required");
+    assert_eq!(records[0]["payloadKind"], "measurement");
+    assert_eq!(records[1]["errorKind"], "SnapshotUnreadableException");
+    assert_eq!(records[1]["payloadKind"], "snapshot");
+    assert_eq!(records[1]["payload"], "{torn write", "the document is kept as it was");
+
+    // A redrive keeps the snapshot for a person to look at.
+    let redrive = iomt()
+        .args(["deadletter", "redrive", "--state-dir"])
+        .arg(&state)
+        .arg("--device-mapping")
+        .arg(&device)
+        .arg("--fhir-mapping")
+        .arg(&fhir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&redrive.stderr);
+    assert!(redrive.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot be redriven"), "{stderr}");
+    let listed = iomt()
+        .args(["deadletter", "list", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let remaining = String::from_utf8(listed.stdout).unwrap();
+    assert_eq!(remaining.lines().count(), 2, "{remaining}");
 }
