@@ -3,9 +3,13 @@
 //! producer sends normalized Measurements keyed by device (compat.md §7.2).
 //!
 //! The SDK's partition stream is not `Send` (azure-sdk.md G1), so each partition is read on its
-//! own thread with a single-threaded runtime and handed over through a channel. Checkpoints are
-//! written straight to the checkpoint store with the event's offset and sequence number, in the
-//! layout the SDK (and KEDA's scaler) read.
+//! own thread with a single-threaded runtime and handed over through a channel. When the service
+//! detaches a link (a partition moving between nodes), the SDK reattaches it with the position the
+//! partition client started at and so delivers those events again: the reader drops events at or
+//! below the last sequence number it handed over, and re-opens a stream that ends with an error
+//! other than the load balancer's revocation. Checkpoints are written straight to the checkpoint
+//! store with the event's offset and sequence number, in the layout the SDK (and KEDA's scaler)
+//! read, and never move backwards.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
+use azure_messaging_eventhubs::error::ErrorKind;
 use azure_messaging_eventhubs::models::{
     AmqpSimpleValue, AmqpValue, Checkpoint, EventData, ReceivedEventData, StartPositions,
 };
@@ -133,6 +138,8 @@ pub struct EventHubsPartition {
     checkpoints: Arc<dyn CheckpointStore + Send + Sync>,
     config: EventHubConfig,
     stop: Option<oneshot::Sender<()>>,
+    /// The sequence number of the last checkpoint written.
+    checkpointed: Option<i64>,
 }
 
 impl Drop for EventHubsPartition {
@@ -164,9 +171,14 @@ impl EventHubsPartition {
             checkpoints,
             config,
             stop: Some(stop),
+            checkpointed: None,
         }
     }
 }
+
+/// Consecutive failed streams after which a partition is given up (and handed out again by the
+/// processor): about four minutes of backoff.
+const STREAM_ATTEMPTS: u32 = 12;
 
 fn read_partition(
     client: Arc<PartitionClient>,
@@ -182,23 +194,55 @@ fn read_partition(
         }
     };
     runtime.block_on(async {
-        {
+        let mut last_sequence: Option<i64> = None;
+        let mut failures = 0u32;
+        'streams: loop {
             let stream = client.stream_events();
             futures::pin_mut!(stream);
-            loop {
+            let ended = loop {
                 let next = tokio::select! {
-                    _ = &mut stopped => break,
+                    _ = &mut stopped => break 'streams,
                     next = stream.next() => next,
                 };
-                let item = match next {
-                    Some(Ok(event)) => Ok(source_event(&partition, &event)),
-                    Some(Err(error)) => Err(SourceError::Closed(format!("the partition's stream ended: {error}"))),
-                    None => Err(SourceError::Closed("the partition's stream ended".into())),
-                };
-                let closed = item.is_err();
-                if sender.send(item).await.is_err() || closed {
-                    break;
+                match next {
+                    Some(Ok(event)) => {
+                        failures = 0;
+                        let sequence = event.sequence_number();
+                        if let (Some(last), Some(sequence)) = (last_sequence, sequence)
+                            && sequence <= last
+                        {
+                            // Delivered again after the link was reattached.
+                            continue;
+                        }
+                        last_sequence = sequence.or(last_sequence);
+                        if sender.send(Ok(source_event(&partition, &event))).await.is_err() {
+                            break 'streams;
+                        }
+                    }
+                    Some(Err(error)) if matches!(error.kind, ErrorKind::ConsumerDisconnected(_)) => {
+                        let _ = sender
+                            .send(Err(SourceError::Closed(format!("the partition was revoked: {error}"))))
+                            .await;
+                        break 'streams;
+                    }
+                    Some(Err(error)) => break error.to_string(),
+                    None => break "the stream ended".to_string(),
                 }
+            };
+            failures += 1;
+            if failures >= STREAM_ATTEMPTS {
+                let _ = sender
+                    .send(Err(SourceError::Closed(format!(
+                        "reading the partition failed {failures} times in a row: {ended}"
+                    ))))
+                    .await;
+                break;
+            }
+            let backoff = Duration::from_millis(500 * 2u64.pow(failures.min(6))).min(Duration::from_secs(30));
+            tracing::warn!(partition = %partition, error = %ended, retry_in_ms = backoff.as_millis() as u64, "Reading the partition failed; reopening its stream.");
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(backoff) => {}
             }
         }
         // Release the receiver so the next owner is not kept waiting for an epoch steal.
@@ -348,6 +392,11 @@ impl PartitionSource for EventHubsPartition {
     }
 
     async fn checkpoint(&mut self, through: &Origin) -> Result<(), SourceError> {
+        if let (Some(done), Some(sequence)) = (self.checkpointed, through.sequence_number)
+            && sequence <= done
+        {
+            return Ok(());
+        }
         let checkpoint = Checkpoint {
             fully_qualified_namespace: self.config.namespace.clone(),
             event_hub_name: self.config.hub.clone(),
@@ -359,7 +408,9 @@ impl PartitionSource for EventHubsPartition {
         self.checkpoints
             .update_checkpoint(checkpoint)
             .await
-            .map_err(|error| SourceError::Transient(format!("writing the checkpoint failed: {error}")))
+            .map_err(|error| SourceError::Transient(format!("writing the checkpoint failed: {error}")))?;
+        self.checkpointed = through.sequence_number.or(self.checkpointed);
+        Ok(())
     }
 }
 

@@ -498,7 +498,14 @@ where
                         tracing::info!(hub = %hub, partition = %partition_id, end = ?end, "Partition released.");
                     });
                 }
-                Some(_) = partitions.join_next(), if !partitions.is_empty() => {}
+                Some(ended) = partitions.join_next(), if !partitions.is_empty() => {
+                    if let Err(error) = ended
+                        && error.is_panic()
+                    {
+                        // Its reader lets go of the partition, and the processor hands it out again.
+                        tracing::error!(hub = %source.hub, error = %error, "A partition loop panicked.");
+                    }
+                }
             }
         }
         // Let the partition loops write what waits and checkpoint.

@@ -688,3 +688,49 @@ async fn the_stages_can_run_in_separate_processes() {
     assert!(normalize_log.contains("Normalize stage started") && !normalize_log.contains("Transform stage started"));
     assert!(transform_log.contains("Transform stage started") && !transform_log.contains("Normalize stage started"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_the_service_detaches_are_reattached_without_losing_or_repeating_events() {
+    let mut world = World::new("detach").await;
+    world.start_worker_with(&[("IOMT_STAGES", "normalize")]);
+    let run = unique("detach");
+    let lines = heart_rate_messages(&run, 4, 50);
+    let (first, second) = lines.split_at(100);
+    world.send(first).await;
+    assert!(
+        world
+            .endpoint
+            .wait_for_count("normalizeddata", 100, Duration::from_secs(60))
+            .await,
+        "{}",
+        world.logs()
+    );
+    // Once the worker reads every partition, the service moves them all: each link is detached.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while world.endpoint.receivers("devicedata", "normalize").len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", world.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let detached = world.endpoint.force_detach("devicedata");
+    assert!(detached >= 4, "every partition was being read: {detached}");
+    world.send(second).await;
+    assert!(
+        world
+            .endpoint
+            .wait_for_count("normalizeddata", 200, Duration::from_secs(60))
+            .await,
+        "{}",
+        world.logs()
+    );
+    // Give repeated events time to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bodies: Vec<Vec<u8>> = world
+        .endpoint
+        .messages("normalizeddata")
+        .into_iter()
+        .map(|message| message.body)
+        .collect();
+    let distinct: std::collections::BTreeSet<&Vec<u8>> = bodies.iter().collect();
+    assert_eq!(distinct.len(), 200, "every event normalized");
+    assert_eq!(bodies.len(), 200, "no event normalized twice\n{}", world.logs());
+}

@@ -44,8 +44,9 @@
 //! **Not implemented:** TLS, token validation (any token is fine), retention and size limits of
 //! the store (everything stays in memory until the endpoint is dropped), the `$management`
 //! operations other than READ, consumer-group validation, receiver runtime metrics
-//! (`x-opt-last-enqueued-*`), idempotent producers, geo-replication, fault injection and
-//! reconnection tests (drop the endpoint to cut every connection).
+//! (`x-opt-last-enqueued-*`), idempotent producers, geo-replication. The one fault it injects is
+//! a forced detach of every consumer link of a hub ([`EventHubsEndpoint::force_detach`]); drop the
+//! endpoint to cut every connection.
 //!
 //! Dropping the endpoint stops its listener and every connection task.
 
@@ -177,6 +178,12 @@ impl EventHubsEndpoint {
     /// counting displaced ones still detaching (partitions without receivers are left out).
     pub fn receivers(&self, hub: &str, consumer_group: &str) -> BTreeMap<String, usize> {
         self.store.receiver_counts(hub, consumer_group)
+    }
+
+    /// Detaches every receiver of a hub with `amqp:link:detach-forced`, as the service does when
+    /// it moves a partition; returns how many were attached.
+    pub fn force_detach(&self, hub: &str) -> usize {
+        self.store.force_detach(hub)
     }
 
     /// How many receivers have been detached with `amqp:link:stolen` so far.

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::store::{self, Partition, ReceiverGuard, StartFilter, Store};
+use super::store::{self, Detach, Partition, ReceiverGuard, StartFilter, Store};
 
 /// The message format of a batch: one Data section per encoded event.
 const BATCH_FORMAT: u32 = 0x8001_3700;
@@ -283,7 +283,7 @@ struct Consumer {
     /// The first index to deliver, when known at attach (Latest).
     next: Option<usize>,
     guard: ReceiverGuard,
-    stopped: oneshot::Receiver<String>,
+    stopped: oneshot::Receiver<Detach>,
 }
 
 fn plan(route: &Route, store: &Arc<Store>, replies: &Replies) -> Plan {
@@ -624,14 +624,12 @@ async fn serve_consumer(mut sender: Sender, consumer: Consumer) {
     }
 }
 
-/// Detaches a consumer link displaced by a higher or equal owner level.
-async fn steal(sender: Sender, reason: Result<String, oneshot::error::RecvError>) {
-    let Ok(reason) = reason else {
-        return;
+/// Detaches a consumer link displaced by a higher or equal owner level, or forced off.
+async fn steal(sender: Sender, reason: Result<Detach, oneshot::error::RecvError>) {
+    let error = match reason {
+        Ok(Detach::Stolen(reason)) => amqp_error(LinkError::Stolen, reason),
+        Ok(Detach::Forced(reason)) => amqp_error(LinkError::DetachForced, reason),
+        Err(_) => return,
     };
-    let _ = tokio::time::timeout(
-        CLOSE_TIMEOUT,
-        sender.close_with_error(amqp_error(LinkError::Stolen, reason)),
-    )
-    .await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sender.close_with_error(error)).await;
 }

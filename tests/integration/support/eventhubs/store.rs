@@ -250,7 +250,17 @@ impl Hub {
 struct ActiveReceiver {
     id: u64,
     epoch: Option<i64>,
-    stop: Option<oneshot::Sender<String>>,
+    stop: Option<oneshot::Sender<Detach>>,
+}
+
+/// Why the endpoint detaches a consumer link.
+#[derive(Debug)]
+pub(crate) enum Detach {
+    /// A receiver with a higher or equal owner level took the partition (`amqp:link:stolen`).
+    Stolen(String),
+    /// The service moved the partition or restarted (`amqp:link:detach-forced`): clients
+    /// reattach.
+    Forced(String),
 }
 
 type ReceiverKey = (String, String, String);
@@ -349,7 +359,7 @@ impl Store {
         consumer_group: &str,
         partition: &str,
         epoch: Option<i64>,
-    ) -> Result<(ReceiverGuard, oneshot::Receiver<String>), String> {
+    ) -> Result<(ReceiverGuard, oneshot::Receiver<Detach>), String> {
         let key = (hub.to_string(), consumer_group.to_string(), partition.to_string());
         let mut receivers = self.receivers();
         let list = receivers.entry(key.clone()).or_default();
@@ -366,9 +376,9 @@ impl Store {
                 }
                 for receiver in list.iter_mut() {
                     if let Some(stop) = receiver.stop.take() {
-                        let _ = stop.send(format!(
+                        let _ = stop.send(Detach::Stolen(format!(
                             "a new receiver with epoch {epoch} was opened on this partition and consumer group"
-                        ));
+                        )));
                         self.stolen.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -396,6 +406,24 @@ impl Store {
             },
             stopped,
         ))
+    }
+
+    /// Detaches every receiver of a hub with `amqp:link:detach-forced`; returns how many.
+    pub fn force_detach(&self, hub: &str) -> usize {
+        let mut receivers = self.receivers();
+        let mut detached = 0;
+        for ((h, _, _), list) in receivers.iter_mut() {
+            if h != hub {
+                continue;
+            }
+            for receiver in list.iter_mut() {
+                if let Some(stop) = receiver.stop.take() {
+                    let _ = stop.send(Detach::Forced("the partition moved to another node".into()));
+                    detached += 1;
+                }
+            }
+        }
+        detached
     }
 
     /// How many receivers are attached per partition of a hub/consumer group.
