@@ -1,15 +1,17 @@
 //! Blob Storage through `azure_storage_blob`: partition snapshots (ETag-guarded), dead-letter
 //! records, and the templates the worker reads. Authentication is a managed identity (or another
 //! Entra ID credential) in production, or a storage account key, turned into an account SAS
-//! (the SDK has no shared-key signing), for Azurite and development accounts.
+//! (the SDK has no shared-key signing), for Azurite and development accounts. The SAS is signed
+//! afresh for every call, valid for an hour, so a long-running worker never holds an expired one.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
-use azure_core::http::{Etag, RequestContent, StatusCode, Url};
-use azure_storage_blob::BlobContainerClient;
+use azure_core::http::policies::{Policy, PolicyResult};
+use azure_core::http::{ClientOptions, Context, Etag, Request, RequestContent, StatusCode, Url};
 use azure_storage_blob::models::{BlobClientGetPropertiesResultHeaders, BlockBlobClientUploadOptions};
+use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -110,22 +112,30 @@ impl BlobStorage {
 
     /// A client for container `name`.
     pub fn container(&self, name: &str) -> Result<BlobContainerClient, String> {
-        let mut url = self
+        let url = self
             .endpoint
             .join(name)
             .map_err(|error| format!("bad container name '{name}': {error}"))?;
-        let credential = match &self.auth {
-            StorageAuth::Credential(credential) => Some(credential.clone()),
+        let (credential, options) = match &self.auth {
+            StorageAuth::Credential(credential) => (Some(credential.clone()), None),
             StorageAuth::AccountKey { account, key } => {
-                url.set_query(Some(&account_sas(
-                    account,
-                    key,
-                    Utc::now() + chrono::TimeDelta::days(7),
-                )?));
-                None
+                // Fail here, not on the first request, when the key is unusable.
+                account_sas(account, key, Utc::now())?;
+                let signing = AccountSasPolicy {
+                    account: account.clone(),
+                    key: key.clone(),
+                };
+                let options = BlobContainerClientOptions {
+                    client_options: ClientOptions {
+                        per_call_policies: vec![Arc::new(signing)],
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                (None, Some(options))
             }
         };
-        BlobContainerClient::new(url, credential, None)
+        BlobContainerClient::new(url, credential, options)
             .map_err(|error| format!("cannot use container '{name}': {error}"))
     }
 
@@ -137,6 +147,35 @@ impl BlobStorage {
             Err(error) if error.http_status() == Some(StatusCode::Conflict) => Ok(container),
             Err(error) => Err(format!("cannot create container '{name}': {error}")),
         }
+    }
+}
+
+/// Adds an account SAS, valid for an hour, to each call (its retries reuse it).
+struct AccountSasPolicy {
+    account: String,
+    key: String,
+}
+
+impl std::fmt::Debug for AccountSasPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSasPolicy")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Policy for AccountSasPolicy {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let sas = account_sas(&self.account, &self.key, Utc::now() + chrono::TimeDelta::hours(1))
+            .map_err(|error| azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, error))?;
+        let url = request.url_mut();
+        let query = match url.query() {
+            Some(query) if !query.is_empty() => format!("{query}&{sas}"),
+            _ => sas,
+        };
+        url.set_query(Some(&query));
+        next[0].send(ctx, request, &next[1..]).await
     }
 }
 

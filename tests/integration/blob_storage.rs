@@ -98,3 +98,36 @@ async fn an_anonymous_client_is_refused() {
     let error = anonymous.get_properties(None).await.unwrap_err();
     assert!(matches!(error.http_status().map(u16::from), Some(401 | 403)), "{error}");
 }
+
+#[tokio::test]
+async fn every_call_carries_a_freshly_signed_short_lived_sas() {
+    let azurite = std::env::var("IOMT_TEST_BLOB_URL").unwrap();
+    let origin = azurite.trim_end_matches("/devstoreaccount1").to_string();
+    let proxy = crate::support::servers::Proxy::start(&origin, |_, _, _| crate::support::servers::Fault::Pass).await;
+    let storage = BlobStorage::new(
+        &format!("{}/devstoreaccount1", proxy.url),
+        StorageAuth::AccountKey {
+            account: "devstoreaccount1".into(),
+            key: DEVELOPMENT_ACCOUNT_KEY.into(),
+        },
+    )
+    .unwrap();
+    let store = BlobStateStore::new(storage.ensure_container(&unique("sas")).await.unwrap());
+    store.save("a.json", b"1", None).await.unwrap();
+    assert!(store.load("a.json").await.unwrap().is_some());
+    let seen = proxy.seen();
+    assert!(seen.len() >= 3, "{seen:?}");
+    let now = Utc::now();
+    for request in seen {
+        let url = reqwest::Url::parse(&format!("http://x{}", request.path)).unwrap();
+        let signatures = url.query_pairs().filter(|(name, _)| name == "sig").count();
+        assert_eq!(signatures, 1, "one SAS per request: {}", request.path);
+        let expiry = url.query_pairs().find(|(name, _)| name == "se").unwrap().1.to_string();
+        let expiry = chrono::DateTime::parse_from_rfc3339(&expiry).unwrap();
+        let left = expiry.with_timezone(&Utc) - now;
+        assert!(
+            left <= chrono::TimeDelta::hours(1) && left > chrono::TimeDelta::minutes(55),
+            "signed for the call, not for days: {left}"
+        );
+    }
+}
