@@ -93,7 +93,13 @@ pub async fn run(config: Config) -> anyhow::Result<u8> {
         &config.storage.deadletter_container,
         &config.storage.template_container,
     ] {
-        storage.ensure_container(container).await.map_err(anyhow::Error::msg)?;
+        let created = until_ready(&shutdown, &metrics, "storage", "Creating a container", || async {
+            storage.ensure_container(container).await.map_err(anyhow::Error::msg)
+        })
+        .await;
+        if created.is_none() {
+            return Ok(super::EXIT_OK);
+        }
     }
     let settings = StageSettings {
         checkpoint_interval: Duration::from_millis(config.flush.checkpoint_interval_ms),
@@ -163,42 +169,87 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
     });
 }
 
-/// Loads a template blob, parses it and keeps it current: every poll it is re-read when its
-/// ETag changed; a rejected or deleted version leaves the last good one in place.
-async fn template_from_blob<T: Send + Sync + 'static>(
-    shared: &Arc<Shared>,
-    name: String,
+/// Runs `attempt` until it succeeds, waiting longer after each failure (up to 30 s): storage or
+/// Event Hubs being unreachable, or templates not uploaded yet, delay a stage but do not stop
+/// the worker. `None` on shutdown.
+async fn until_ready<T, F, Fut>(
+    shutdown: &CancellationToken,
+    metrics: &Metrics,
+    target: &str,
+    what: &str,
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), retry_in_s = backoff.as_secs(), "{what} failed; retrying.");
+                metrics.retries.get_or_create(&labels([("target", target)])).inc();
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Downloads and parses a template blob; its ETag with it.
+async fn load_template<T>(
+    container: &BlobContainerClient,
+    container_name: &str,
+    name: &str,
     parse: fn(&str) -> Result<T, Vec<TemplateError>>,
-    kind: &'static str,
-) -> anyhow::Result<Arc<Swappable<T>>> {
-    let container = shared
-        .storage
-        .container(&shared.config.storage.template_container)
-        .map_err(anyhow::Error::msg)?;
-    let (bytes, first_etag) = download(&container, &name)
+    kind: &str,
+) -> anyhow::Result<(T, String)> {
+    let (bytes, etag) = download(container, name)
         .await
         .map_err(anyhow::Error::msg)?
         .with_context(|| {
-            format!(
-                "the {kind} template '{name}' is not in container '{}': upload it with `iomt templates upload`",
-                shared.config.storage.template_container
-            )
+            format!("the {kind} template '{name}' is not in container '{container_name}': upload it with `iomt templates upload`")
         })?;
-    let text = String::from_utf8_lossy(&bytes);
-    let templates = parse(&text).map_err(|errors| {
+    let templates = parse(&String::from_utf8_lossy(&bytes)).map_err(|errors| {
         let lines: Vec<String> = errors
             .iter()
             .map(|e| format!("{name}:{}:{}: {}", e.pos.line, e.pos.column, e.message))
             .collect();
         anyhow::anyhow!("the {kind} template is invalid:\n{}", lines.join("\n"))
     })?;
+    Ok((templates, etag))
+}
+
+/// Loads a template blob, parses it and keeps it current: every poll it is re-read when its
+/// ETag changed; a rejected or deleted version leaves the last good one in place. Until a good
+/// one is there, the stage waits. `None` on shutdown.
+async fn template_from_blob<T: Send + Sync + 'static>(
+    shared: &Arc<Shared>,
+    name: String,
+    parse: fn(&str) -> Result<T, Vec<TemplateError>>,
+    kind: &'static str,
+) -> anyhow::Result<Option<Arc<Swappable<T>>>> {
+    let container_name = &shared.config.storage.template_container;
+    let container = shared.storage.container(container_name).map_err(anyhow::Error::msg)?;
+    let what = format!("Loading the {kind} template");
+    let Some((templates, first_etag)) = until_ready(&shared.shutdown, &shared.metrics, "storage", &what, || {
+        load_template(&container, container_name, &name, parse, kind)
+    })
+    .await
+    else {
+        return Ok(None);
+    };
     let cell = Arc::new(Swappable::new(templates));
     let watched = cell.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
         watch_blob_template(shared, container, name, first_etag, watched, parse, kind).await;
     });
-    Ok(cell)
+    Ok(Some(cell))
 }
 
 async fn watch_blob_template<T>(
@@ -292,20 +343,35 @@ fn dead_letters(shared: &Shared) -> anyhow::Result<Arc<BlobDeadLetterStore>> {
 }
 
 async fn run_normalize(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let templates = template_from_blob(
+    let Some(templates) = template_from_blob(
         &shared,
         shared.config.storage.device_mapping.clone(),
         DeviceTemplateSet::parse,
         "device",
     )
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     let eh = &shared.config.eventhubs;
     let source = hub(&shared, &eh.device_hub, &eh.normalize_consumer_group);
-    let sink = Arc::new(EventHubsSink::new(
-        producer(&hub(&shared, &eh.normalized_hub, ""), shared.azure.clone())
-            .await
-            .map_err(anyhow::Error::msg)?,
-    ));
+    let target = hub(&shared, &eh.normalized_hub, "");
+    let opened = until_ready(
+        &shared.shutdown,
+        &shared.metrics,
+        "eventhubs",
+        "Opening the normalized hub",
+        || async {
+            producer(&target, shared.azure.clone())
+                .await
+                .map_err(anyhow::Error::msg)
+        },
+    )
+    .await;
+    let Some(producer) = opened else {
+        return Ok(());
+    };
+    let sink = Arc::new(EventHubsSink::new(producer));
     let dead_letters = dead_letters(&shared)?;
     let checkpoints = checkpoint_store(&shared).await?;
     tracing::info!(hub = %source.hub, consumer_group = %source.consumer_group, "Normalize stage started.");
@@ -330,13 +396,16 @@ async fn run_normalize(shared: Arc<Shared>) -> anyhow::Result<()> {
 }
 
 async fn run_transform(shared: Arc<Shared>) -> anyhow::Result<()> {
-    let templates = template_from_blob(
+    let Some(templates) = template_from_blob(
         &shared,
         shared.config.storage.fhir_mapping.clone(),
         FhirTemplateSet::parse,
         "fhir",
     )
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     let writer = Arc::new(fhir_writer(&shared)?);
     let eh = &shared.config.eventhubs;
     let source = hub(&shared, &eh.normalized_hub, &eh.transform_consumer_group);

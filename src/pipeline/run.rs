@@ -77,6 +77,9 @@ pub struct StageSettings {
     pub retry_initial: Duration,
     /// Longest backoff.
     pub retry_max: Duration,
+    /// How long one call to Event Hubs or Blob Storage may take before it counts as failed
+    /// (and is retried): a connection that hangs must not stall the partition.
+    pub call_timeout: Duration,
 }
 
 impl Default for StageSettings {
@@ -88,6 +91,7 @@ impl Default for StageSettings {
             flush: FlushPolicy::default(),
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -145,12 +149,23 @@ async fn retry<'f, T, E: std::fmt::Display>(
     }
 }
 
+/// `call`, failed once `settings.call_timeout` has passed without an answer.
+async fn timed<T, E: std::fmt::Display>(
+    settings: &StageSettings,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(settings.call_timeout, call).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(_) => Err(format!("no answer within {} s", settings.call_timeout.as_secs())),
+    }
+}
+
 async fn write_dead_letters(context: &StageContext<'_>, records: &[DeadLetterRecord]) -> Option<()> {
     if records.is_empty() {
         return Some(());
     }
     retry(context, "storage", "Writing dead-letter records", || {
-        context.dead_letters.write(records).boxed()
+        timed(context.settings, context.dead_letters.write(records)).boxed()
     })
     .await?;
     for record in records {
@@ -241,7 +256,7 @@ pub async fn normalize_partition(
             context.metrics.events_unmatched.inc_by(normalized.unmatched as u64);
             let measurements: Vec<Measurement> = normalized.measurements.iter().map(|(m, _)| m.clone()).collect();
             let Some(too_large) = retry(context, "eventhubs", "Sending Measurements", || {
-                sink.send(&measurements).boxed()
+                timed(context.settings, sink.send(&measurements)).boxed()
             })
             .await
             else {
@@ -296,7 +311,10 @@ async fn checkpoint_source(
     }
     let mut delay = context.settings.retry_initial;
     for _ in 0..5 {
-        match source.checkpoint(&through).await {
+        let written = tokio::time::timeout(context.settings.call_timeout, source.checkpoint(&through))
+            .await
+            .unwrap_or_else(|_| Err(SourceError::Transient("writing the checkpoint timed out".into())));
+        match written {
             Ok(()) => {
                 progress.uncheckpointed = 0;
                 progress.last_checkpoint = std::time::Instant::now();
@@ -310,7 +328,11 @@ async fn checkpoint_source(
                     .get_or_create(&labels([("target", "storage")]))
                     .inc();
                 tracing::warn!(error = %error, "Writing the checkpoint failed; retrying.");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    // Shutting down: the caller makes one last attempt.
+                    _ = context.shutdown.cancelled(), if !context.shutdown.is_cancelled() => return true,
+                    _ = tokio::time::sleep(delay) => {}
+                }
                 delay = (delay * 2).min(context.settings.retry_max);
             }
         }
@@ -442,7 +464,7 @@ pub async fn transform_partition(
     let mut skip_through: Option<i64> = None;
     if let Some(state) = context.state {
         let Some(loaded) = retry(stage, "storage", "Loading the partition snapshot", || {
-            state.load(&state_name).boxed()
+            timed(stage.settings, state.load(&state_name)).boxed()
         })
         .await
         else {
@@ -630,7 +652,13 @@ async fn persist_progress(
                 let expected = expected.clone();
                 let bytes = &bytes;
                 async move {
-                    match state.save(state_name, bytes, expected.as_deref()).await {
+                    let saved = tokio::time::timeout(
+                        context.stage.settings.call_timeout,
+                        state.save(state_name, bytes, expected.as_deref()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(StateError::Transient("saving the snapshot timed out".into())));
+                    match saved {
                         Err(StateError::Conflict) => Ok(Err(())),
                         Err(StateError::Transient(error)) => Err(error),
                         Ok(tag) => Ok(Ok(tag)),
@@ -738,4 +766,124 @@ async fn flush(pending: &mut PendingWindows, context: &TransformContext<'_>) -> 
     );
     pending.clear();
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::pipeline::ports::TransientError;
+
+    /// One event, then the end of the input; remembers the checkpoint.
+    struct OneEvent {
+        events: Vec<SourceEvent>,
+        checkpointed: Option<Origin>,
+    }
+
+    #[async_trait]
+    impl PartitionSource for OneEvent {
+        fn partition_id(&self) -> &str {
+            "0"
+        }
+
+        async fn receive(&mut self, _: usize, _: Duration) -> Result<Vec<SourceEvent>, SourceError> {
+            if self.events.is_empty() {
+                return Err(SourceError::Ended("done".into()));
+            }
+            Ok(std::mem::take(&mut self.events))
+        }
+
+        async fn checkpoint(&mut self, through: &Origin) -> Result<(), SourceError> {
+            self.checkpointed = Some(through.clone());
+            Ok(())
+        }
+    }
+
+    /// Hangs on the first send (a connection that never answers), then works.
+    #[derive(Default)]
+    struct HangsOnce {
+        calls: AtomicUsize,
+        sent: Mutex<Vec<Measurement>>,
+    }
+
+    #[async_trait]
+    impl MeasurementSink for HangsOnce {
+        async fn send(&self, measurements: &[Measurement]) -> Result<Vec<usize>, TransientError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::future::pending::<()>().await;
+            }
+            self.sent.lock().unwrap().extend_from_slice(measurements);
+            Ok(Vec::new())
+        }
+    }
+
+    struct NoDeadLetters;
+
+    #[async_trait]
+    impl DeadLetterStore for NoDeadLetters {
+        async fn write(&self, records: &[DeadLetterRecord]) -> Result<(), TransientError> {
+            panic!("nothing should be dead-lettered: {records:?}");
+        }
+
+        async fn list(&self) -> Result<Vec<(String, DeadLetterRecord)>, TransientError> {
+            Ok(Vec::new())
+        }
+
+        async fn remove(&self, _: &str) -> Result<(), TransientError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_that_never_answers_is_timed_out_and_retried() {
+        let templates = DeviceTemplateSet::parse(
+            r#"{"templateType":"CollectionContent","template":[{"templateType":"JsonPathContent","template":{
+                "typeName":"heartrate","typeMatchExpression":"$..[?(@heartrate)]","deviceIdExpression":"$.deviceid",
+                "timestampExpression":"$.time","values":[{"required":true,"valueExpression":"$.heartrate","valueName":"hr"}]}}]}"#,
+        )
+        .unwrap();
+        let origin = Origin {
+            partition: "0".into(),
+            offset: "7".into(),
+            sequence_number: Some(7),
+            enqueued_time: None,
+        };
+        let mut source = OneEvent {
+            events: vec![SourceEvent {
+                origin: origin.clone(),
+                body: br#"{"deviceid":"d1","time":"2024-03-01T08:00:00Z","heartrate":70}"#.to_vec(),
+                properties: Default::default(),
+                system_properties: Default::default(),
+            }],
+            checkpointed: None,
+        };
+        let sink = HangsOnce::default();
+        let settings = StageSettings {
+            call_timeout: Duration::from_millis(100),
+            retry_initial: Duration::from_millis(10),
+            ..StageSettings::default()
+        };
+        let metrics = Metrics::default();
+        let shutdown = CancellationToken::new();
+        let context = StageContext {
+            dead_letters: &NoDeadLetters,
+            settings: &settings,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
+        let end = tokio::time::timeout(
+            Duration::from_secs(10),
+            normalize_partition(&mut source, &Swappable::new(templates), &sink, &context),
+        )
+        .await
+        .expect("the hanging send does not stall the partition");
+        assert_eq!(end, PartitionEnd::Ended);
+        assert_eq!(sink.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(sink.sent.lock().unwrap().len(), 1);
+        assert_eq!(source.checkpointed, Some(origin));
+    }
 }

@@ -734,3 +734,39 @@ async fn links_the_service_detaches_are_reattached_without_losing_or_repeating_e
     assert_eq!(distinct.len(), 200, "every event normalized");
     assert_eq!(bodies.len(), 200, "no event normalized twice\n{}", world.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_its_templates_are_uploaded_waits_for_them() {
+    let mut world = World::new("early").await;
+    // The worker looks for a device mapping nobody has uploaded yet.
+    let name = [("IOMT_STORAGE_DEVICE_MAPPING", "uploaded-later.json")];
+    world.start_worker_with(&[name[0], ("IOMT_STAGES", "normalize")]);
+    let run = unique("early");
+    let lines = heart_rate_messages(&run, 2, 10);
+    world.send(&lines).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(world.workers[0].try_wait().unwrap().is_none(), "{}", world.logs());
+    assert_eq!(world.endpoint.count("normalizeddata"), 0);
+    assert!(
+        world.logs().contains("is not in container"),
+        "the wait is explained: {}",
+        world.logs()
+    );
+    let output = world
+        .iomt()
+        .envs(name)
+        .args(["templates", "upload", "--config"])
+        .arg(&world.config)
+        .args(["--device-mapping", DEVICE_MAPPING, "--fhir-mapping", FHIR_MAPPING])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        world
+            .endpoint
+            .wait_for_count("normalizeddata", lines.len(), Duration::from_secs(60))
+            .await,
+        "{}",
+        world.logs()
+    );
+}
