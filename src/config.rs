@@ -95,8 +95,8 @@ fn thirty() -> u64 {
     30
 }
 
-/// `[storage]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `[storage]`. Its `Debug` hides the connection string (it holds the account key).
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     /// `https://acct.blob.core.windows.net` (with the `[azure]` credential).
@@ -127,6 +127,30 @@ pub struct StorageSection {
     /// How often templates are checked for changes (default 30 s).
     #[serde(default = "thirty")]
     pub template_poll_seconds: u64,
+}
+
+/// A URL without its query (which may hold a SAS token).
+fn without_query(url: &str) -> String {
+    url.split('?').next().unwrap_or_default().to_string()
+}
+
+impl std::fmt::Debug for StorageSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSection")
+            .field("blob_endpoint", &self.blob_endpoint)
+            .field(
+                "connection_string",
+                &self.connection_string.as_ref().map(|_| "(hidden)"),
+            )
+            .field("checkpoint_container", &self.checkpoint_container)
+            .field("state_container", &self.state_container)
+            .field("template_container", &self.template_container)
+            .field("deadletter_container", &self.deadletter_container)
+            .field("device_mapping", &self.device_mapping)
+            .field("fhir_mapping", &self.fhir_mapping)
+            .field("template_poll_seconds", &self.template_poll_seconds)
+            .finish()
+    }
 }
 
 fn checkpoints() -> String {
@@ -525,12 +549,12 @@ impl Config {
             "storage",
             self.storage
                 .blob_endpoint
-                .clone()
-                .unwrap_or_else(|| "connection string (hidden)".into()),
+                .as_deref()
+                .map_or_else(|| "connection string (hidden)".into(), without_query),
         );
         out.insert(
             "fhir.url",
-            self.fhir.as_ref().map(|f| f.url.clone()).unwrap_or_default(),
+            self.fhir.as_ref().map(|f| without_query(&f.url)).unwrap_or_default(),
         );
         out
     }
@@ -583,6 +607,31 @@ mod tests {
             config.eventhubs.custom_endpoint.as_deref(),
             Some("amqp://127.0.0.1:5672")
         );
+    }
+
+    #[test]
+    fn debug_output_hides_the_account_key() {
+        let config = Config::load(
+            MINIMAL
+                .replace(
+                    r#"blob_endpoint = "https://acct.blob.core.windows.net""#,
+                    r#"connection_string = "AccountName=acct;AccountKey=c2VjcmV0LWtleQ==""#,
+                )
+                .as_str(),
+            [],
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("c2VjcmV0LWtleQ"), "{shown}");
+        assert!(shown.contains("connection_string: Some(\"(hidden)\")"), "{shown}");
+        let with_sas = Config::load(
+            MINIMAL
+                .replace(".windows.net\"", ".windows.net/?sv=2021-06-08&sig=c2lnbmF0dXJl\"")
+                .as_str(),
+            [],
+        )
+        .unwrap();
+        assert_eq!(with_sas.describe()["storage"], "https://acct.blob.core.windows.net/");
     }
 
     #[test]

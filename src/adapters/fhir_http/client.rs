@@ -242,7 +242,7 @@ impl FhirHttpClient {
             FhirApiError::new(
                 FhirApiErrorKind::Transient,
                 None,
-                format!("{} failed: {}", what(), describe(&error)),
+                format!("{} failed: {}", what(), describe(error)),
             )
         })?;
         let status = response.status();
@@ -251,7 +251,7 @@ impl FhirHttpClient {
             FhirApiError::new(
                 FhirApiErrorKind::Transient,
                 Some(status.as_u16()),
-                format!("{} failed reading the response: {}", what(), describe(&error)),
+                format!("{} failed reading the response: {}", what(), describe(error)),
             )
         })?;
         Ok((status, headers, text))
@@ -566,7 +566,9 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     (date.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
 }
 
-fn describe(error: &reqwest::Error) -> String {
+/// What went wrong, without the URL (its query holds identifiers: patient data).
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
     if error.is_timeout() {
         "timed out".into()
     } else if error.is_connect() {
@@ -574,7 +576,7 @@ fn describe(error: &reqwest::Error) -> String {
     } else {
         // The source chain says what broke (connection reset, closed before a response).
         let mut text = error.to_string();
-        let mut source = std::error::Error::source(error);
+        let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
             text.push_str(": ");
             text.push_str(&cause.to_string());
