@@ -7,7 +7,11 @@
 //! detaches a link (a partition moving between nodes), the SDK reattaches it with the position the
 //! partition client started at and so delivers those events again: the reader drops events at or
 //! below the last sequence number it handed over, and re-opens a stream that ends with an error
-//! other than the load balancer's revocation. Checkpoints are written straight to the checkpoint
+//! other than the load balancer's revocation. The SDK never reconnects a connection that dropped
+//! (a cut socket surfaces as `ConnectionDropped`, which it does not retry): a reader that sees one,
+//! or whose stream keeps failing, trips the processor's [`ConnectionBroken`] signal so that the
+//! stage starts a new processor on a new connection, and the sink opens a new producer after a
+//! failed send. Checkpoints are written straight to the checkpoint
 //! store with the event's offset and sequence number, in the layout the SDK (and KEDA's scaler)
 //! read, and never move backwards.
 
@@ -28,7 +32,8 @@ use azure_messaging_eventhubs::{
 };
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::json::{JObject, JToken, JsonDate};
 use crate::model::{Measurement, partition_key};
@@ -131,6 +136,37 @@ pub async fn processor(
         .map_err(|error| format!("cannot start the event processor for {}: {error}", config.hub))
 }
 
+/// Tripped by a partition reader when its processor's connection is beyond repair; the stage then
+/// replaces the processor.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionBroken(CancellationToken);
+
+impl ConnectionBroken {
+    /// Resolves once a reader tripped the signal.
+    pub async fn tripped(&self) {
+        self.0.cancelled().await;
+    }
+
+    fn trip(&self) {
+        self.0.cancel();
+    }
+}
+
+/// Whether `error` says the AMQP connection under a client dropped: the SDK returns such errors
+/// without reconnecting, so every later call on the client fails the same way.
+fn connection_dropped(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(amqp) = error.downcast_ref::<azure_core_amqp::AmqpError>()
+            && matches!(amqp.kind(), azure_core_amqp::error::AmqpErrorKind::ConnectionDropped(_))
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// A partition of an Event Hub owned by this process.
 pub struct EventHubsPartition {
     partition_id: String,
@@ -151,11 +187,13 @@ impl Drop for EventHubsPartition {
 }
 
 impl EventHubsPartition {
-    /// Reads `client`'s partition on a thread of its own.
+    /// Reads `client`'s partition on a thread of its own; trips `broken` when the client's
+    /// connection cannot read any more.
     pub fn new(
         client: Arc<PartitionClient>,
         checkpoints: Arc<dyn CheckpointStore + Send + Sync>,
         config: EventHubConfig,
+        broken: ConnectionBroken,
     ) -> Self {
         let partition_id = client.get_partition_id().to_string();
         let (sender, events) = mpsc::channel(2_000);
@@ -163,7 +201,7 @@ impl EventHubsPartition {
         let partition = partition_id.clone();
         std::thread::Builder::new()
             .name(format!("eventhubs-{}-{partition}", config.hub))
-            .spawn(move || read_partition(client, partition, sender, stopped))
+            .spawn(move || read_partition(client, partition, sender, stopped, broken))
             .expect("a thread starts");
         EventHubsPartition {
             partition_id,
@@ -176,15 +214,16 @@ impl EventHubsPartition {
     }
 }
 
-/// Consecutive failed streams after which a partition is given up (and handed out again by the
-/// processor): about four minutes of backoff.
-const STREAM_ATTEMPTS: u32 = 12;
+/// Consecutive failed streams after which the client is taken for broken and the partition given
+/// up: about 30 s of backoff.
+const STREAM_ATTEMPTS: u32 = 5;
 
 fn read_partition(
     client: Arc<PartitionClient>,
     partition: String,
     sender: mpsc::Sender<Result<SourceEvent, SourceError>>,
     mut stopped: oneshot::Receiver<()>,
+    broken: ConnectionBroken,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -225,12 +264,20 @@ fn read_partition(
                             .await;
                         break 'streams;
                     }
+                    Some(Err(error)) if connection_dropped(&error) => {
+                        broken.trip();
+                        let _ = sender
+                            .send(Err(SourceError::Closed(format!("the connection dropped: {error}"))))
+                            .await;
+                        break 'streams;
+                    }
                     Some(Err(error)) => break error.to_string(),
                     None => break "the stream ended".to_string(),
                 }
             };
             failures += 1;
             if failures >= STREAM_ATTEMPTS {
+                broken.trip();
                 let _ = sender
                     .send(Err(SourceError::Closed(format!(
                         "reading the partition failed {failures} times in a row: {ended}"
@@ -415,21 +462,54 @@ impl PartitionSource for EventHubsPartition {
 }
 
 /// Sends normalized Measurements to the normalized hub: one event per Measurement (its wire JSON),
-/// batched per partition key (the device's, compat.md §7.2).
+/// batched per partition key (the device's, compat.md §7.2). A send that fails drops the producer
+/// and the next send opens a new one, as the SDK does not reconnect a dropped connection.
 pub struct EventHubsSink {
-    producer: ProducerClient,
+    config: EventHubConfig,
+    credential: Arc<dyn TokenCredential>,
+    producer: Mutex<Option<Arc<ProducerClient>>>,
 }
 
 impl std::fmt::Debug for EventHubsSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventHubsSink").finish_non_exhaustive()
+        f.debug_struct("EventHubsSink")
+            .field("hub", &self.config.hub)
+            .finish_non_exhaustive()
     }
 }
 
 impl EventHubsSink {
-    /// Sends through `producer`.
-    pub fn new(producer: ProducerClient) -> Self {
-        EventHubsSink { producer }
+    /// Opens a producer for `config`'s hub.
+    pub async fn open(config: EventHubConfig, credential: Arc<dyn TokenCredential>) -> Result<Self, String> {
+        let opened = producer(&config, credential.clone()).await?;
+        Ok(EventHubsSink {
+            config,
+            credential,
+            producer: Mutex::new(Some(Arc::new(opened))),
+        })
+    }
+
+    /// The open producer, or a new one.
+    async fn producer(&self) -> Result<Arc<ProducerClient>, TransientError> {
+        let mut current = self.producer.lock().await;
+        if let Some(open) = &*current {
+            return Ok(open.clone());
+        }
+        let opened = Arc::new(
+            producer(&self.config, self.credential.clone())
+                .await
+                .map_err(TransientError)?,
+        );
+        *current = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Lets go of `failed` (unless another send already replaced it).
+    async fn discard(&self, failed: &Arc<ProducerClient>) {
+        let mut current = self.producer.lock().await;
+        if current.as_ref().is_some_and(|open| Arc::ptr_eq(open, failed)) {
+            *current = None;
+        }
     }
 
     /// Sends events (body and application properties) with `key` as partition key, in batches;
@@ -439,34 +519,48 @@ impl EventHubsSink {
         key: Option<&str>,
         events: Vec<(usize, EventData)>,
     ) -> Result<Vec<usize>, TransientError> {
-        let fail = |error: azure_messaging_eventhubs::EventHubsError| {
-            TransientError(format!("sending to Event Hubs failed: {error}"))
-        };
-        let options = || EventDataBatchOptions {
-            partition_key: key.map(str::to_string),
-            ..Default::default()
-        };
-        let mut too_large = Vec::new();
-        let mut batch = self.producer.create_batch(Some(options())).await.map_err(fail)?;
-        for (index, event) in events {
-            if batch.try_add_event_data(event.clone(), None).map_err(fail)? {
-                continue;
-            }
-            if batch.is_empty() {
-                too_large.push(index);
-                continue;
-            }
-            self.producer.send_batch(batch, None).await.map_err(fail)?;
-            batch = self.producer.create_batch(Some(options())).await.map_err(fail)?;
-            if !batch.try_add_event_data(event, None).map_err(fail)? {
-                too_large.push(index);
-            }
+        let producer = self.producer().await?;
+        let sent = send_batches(&producer, key, events).await;
+        if sent.is_err() {
+            self.discard(&producer).await;
         }
-        if !batch.is_empty() {
-            self.producer.send_batch(batch, None).await.map_err(fail)?;
-        }
-        Ok(too_large)
+        sent
     }
+}
+
+/// Sends `events` through `producer` in as few batches as fit.
+async fn send_batches(
+    producer: &ProducerClient,
+    key: Option<&str>,
+    events: Vec<(usize, EventData)>,
+) -> Result<Vec<usize>, TransientError> {
+    let fail = |error: azure_messaging_eventhubs::EventHubsError| {
+        TransientError(format!("sending to Event Hubs failed: {error}"))
+    };
+    let options = || EventDataBatchOptions {
+        partition_key: key.map(str::to_string),
+        ..Default::default()
+    };
+    let mut too_large = Vec::new();
+    let mut batch = producer.create_batch(Some(options())).await.map_err(fail)?;
+    for (index, event) in events {
+        if batch.try_add_event_data(event.clone(), None).map_err(fail)? {
+            continue;
+        }
+        if batch.is_empty() {
+            too_large.push(index);
+            continue;
+        }
+        producer.send_batch(batch, None).await.map_err(fail)?;
+        batch = producer.create_batch(Some(options())).await.map_err(fail)?;
+        if !batch.try_add_event_data(event, None).map_err(fail)? {
+            too_large.push(index);
+        }
+    }
+    if !batch.is_empty() {
+        producer.send_batch(batch, None).await.map_err(fail)?;
+    }
+    Ok(too_large)
 }
 
 #[async_trait]

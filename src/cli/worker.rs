@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapters::blob::{BlobDeadLetterStore, BlobStateStore, BlobStorage, StorageAuth, download, etag};
 use crate::adapters::eventhubs::{
-    EventHubConfig, EventHubsPartition, EventHubsSink, ProcessorTiming, processor, producer,
+    ConnectionBroken, EventHubConfig, EventHubsPartition, EventHubsSink, ProcessorTiming, processor, producer,
 };
 use crate::adapters::fhir_http::{FhirAuth, FhirClientConfig, FhirHttpClient, TokenSource};
 use crate::config::{Config, StageName};
@@ -362,16 +362,16 @@ async fn run_normalize(shared: Arc<Shared>) -> anyhow::Result<()> {
         "eventhubs",
         "Opening the normalized hub",
         || async {
-            producer(&target, shared.azure.clone())
+            EventHubsSink::open(target.clone(), shared.azure.clone())
                 .await
                 .map_err(anyhow::Error::msg)
         },
     )
     .await;
-    let Some(producer) = opened else {
+    let Some(sink) = opened else {
         return Ok(());
     };
-    let sink = Arc::new(EventHubsSink::new(producer));
+    let sink = Arc::new(sink);
     let dead_letters = dead_letters(&shared)?;
     let checkpoints = checkpoint_store(&shared).await?;
     tracing::info!(hub = %source.hub, consumer_group = %source.consumer_group, "Normalize stage started.");
@@ -506,8 +506,9 @@ fn fhir_writer(shared: &Shared) -> anyhow::Result<ObservationWriter> {
 
 /// Runs an event processor for `source`, handing each partition it wins to `work` on a task of
 /// its own, until shutdown. A processor that fails (storage or Event Hubs unavailable for longer
-/// than its retries) is not the end of the stage: its partitions are let go (written and
-/// checkpointed as far as possible) and a new processor is started after a backoff.
+/// than its retries), or whose connection a reader found broken, is not the end of the stage: its
+/// partitions are let go (written and checkpointed as far as possible) and a new processor, on a
+/// new connection, is started after a backoff.
 async fn run_processor<F, Fut>(
     shared: Arc<Shared>,
     checkpoints: Arc<dyn CheckpointStore + Send + Sync>,
@@ -540,9 +541,13 @@ where
         backoff = Duration::from_secs(1);
         // Partition loops stop on shutdown, or when this processor is replaced.
         let generation = shared.shutdown.child_token();
+        let broken = ConnectionBroken::default();
         let running = processor.clone();
         let mut processor_task = tokio::spawn(async move { running.run().await });
         let mut partitions = JoinSet::new();
+        // How long the partition loops get to finish: a call on a broken connection may never
+        // answer, and what they have not checkpointed is read again by the next processor.
+        let mut drain_limit = Duration::from_secs(60);
         loop {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
@@ -555,11 +560,21 @@ where
                     tracing::error!(hub = %source.hub, reason = %reason, "The event processor ended; letting its partitions go and starting a new one.");
                     break;
                 }
+                _ = broken.tripped() => {
+                    tracing::warn!(hub = %source.hub, "The Event Hubs connection is broken; letting the partitions go and starting a new event processor.");
+                    shared
+                        .metrics
+                        .retries
+                        .get_or_create(&labels([("target", "eventhubs")]))
+                        .inc();
+                    drain_limit = Duration::from_secs(10);
+                    break;
+                }
                 next = processor.next_partition_client() => {
                     let Ok(client) = next else { break };
                     let partition_id = client.get_partition_id().to_string();
                     tracing::info!(hub = %source.hub, partition = %partition_id, "Partition acquired.");
-                    let partition = EventHubsPartition::new(client, checkpoints.clone(), source.clone());
+                    let partition = EventHubsPartition::new(client, checkpoints.clone(), source.clone(), broken.clone());
                     let hub = source.hub.clone();
                     let future = work(shared.clone(), partition, generation.clone());
                     partitions.spawn(async move {
@@ -580,8 +595,8 @@ where
         // Let the partition loops write what waits and checkpoint.
         generation.cancel();
         let drain = async { while partitions.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(60), drain).await.is_err() {
-            tracing::warn!(hub = %source.hub, "Some partitions did not finish within 60 s.");
+        if tokio::time::timeout(drain_limit, drain).await.is_err() {
+            tracing::warn!(hub = %source.hub, limit_s = drain_limit.as_secs(), "Some partitions did not finish in time; they are read again from their checkpoints.");
         }
         let _ = processor.shutdown().await;
         processor_task.abort();
@@ -697,11 +712,9 @@ async fn send_records(
         }
     }
     if !measurements.is_empty() {
-        let sink = EventHubsSink::new(
-            producer(&hub_config(&eh.normalized_hub), azure.clone())
-                .await
-                .map_err(anyhow::Error::msg)?,
-        );
+        let sink = EventHubsSink::open(hub_config(&eh.normalized_hub), azure.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
         let batch: Vec<crate::model::Measurement> = measurements.iter().map(|(_, m)| m.clone()).collect();
         let too_large = sink.send(&batch).await.map_err(|error| anyhow::anyhow!(error))?;
         for (index, (name, _)) in measurements.into_iter().enumerate() {

@@ -22,7 +22,7 @@
 //!   advertised. Single messages and batches (message format `0x80013700`, one Data section per
 //!   encoded event) are stored by partition id, else by the `x-opt-partition-key` annotation
 //!   (FNV-1a hash modulo the partition count, [`EventHubsEndpoint::partition_for_key`]), else
-//!   round-robin. A batch lands in one partition. Transfers are accepted after a 1 ms delay
+//!   round-robin. A batch lands in one partition. Transfers are accepted after a 20 ms delay
 //!   (settling at once makes the 0.14 client hang now and then, `azure-sdk.md` §8.3).
 //! - Consumer links from `amqps://<ns>/<hub>/ConsumerGroups/<cg>/Partitions/<id>`, any consumer
 //!   group, with the `apache.org:selector-filter:string` start filter: earliest, latest, offset,
@@ -44,9 +44,9 @@
 //! **Not implemented:** TLS, token validation (any token is fine), retention and size limits of
 //! the store (everything stays in memory until the endpoint is dropped), the `$management`
 //! operations other than READ, consumer-group validation, receiver runtime metrics
-//! (`x-opt-last-enqueued-*`), idempotent producers, geo-replication. The one fault it injects is
-//! a forced detach of every consumer link of a hub ([`EventHubsEndpoint::force_detach`]); drop the
-//! endpoint to cut every connection.
+//! (`x-opt-last-enqueued-*`), idempotent producers, geo-replication. Two faults can be injected:
+//! a forced detach of every consumer link of a hub ([`EventHubsEndpoint::force_detach`]), and
+//! cutting every connection's socket ([`EventHubsEndpoint::cut_connections`]).
 //!
 //! Dropping the endpoint stops its listener and every connection task.
 
@@ -184,6 +184,12 @@ impl EventHubsEndpoint {
     /// it moves a partition; returns how many were attached.
     pub fn force_detach(&self, hub: &str) -> usize {
         self.store.force_detach(hub)
+    }
+
+    /// Shuts down the socket of every open connection (a network failure, or a service node
+    /// restarting); returns how many were open.
+    pub fn cut_connections(&self) -> usize {
+        self.store.cut_connections()
     }
 
     /// How many receivers have been detached with `amqp:link:stolen` so far.

@@ -28,8 +28,10 @@ const BATCH_FORMAT: u32 = 0x8001_3700;
 /// The largest message (and so batch) a producer may send; advertised on every link attach.
 pub(crate) const MAX_MESSAGE_SIZE: u64 = 1024 * 1024;
 /// How long the endpoint waits before settling a client's transfer. Settling at once makes the
-/// fe2o3 0.14 client sometimes miss the outcome and hang (azure-sdk.md §8.3).
-const SETTLE_DELAY: Duration = Duration::from_millis(1);
+/// fe2o3 0.14 client sometimes miss the outcome and hang (azure-sdk.md §8.3): the client registers
+/// its outcome waiter only after writing the transfer. 1 ms was not enough on a loaded two-core
+/// machine (a test producer hung once in a full run); 20 ms leaves room for a descheduled client.
+const SETTLE_DELAY: Duration = Duration::from_millis(20);
 /// How long a link or connection close may wait for the client's answer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Session flow-control windows.
@@ -71,7 +73,20 @@ pub(crate) async fn serve(listener: TcpListener, context: Context) {
     );
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => context.spawn(serve_connection(acceptor.clone(), stream, context.clone())),
+            Ok((stream, _)) => {
+                // Keep a second handle on the socket so that the connection can be cut.
+                let socket = stream.into_std().and_then(|socket| Ok((socket.try_clone()?, socket)));
+                let Ok((handle, socket)) = socket else { continue };
+                let Ok(stream) = TcpStream::from_std(socket) else {
+                    continue;
+                };
+                let id = context.store.add_socket(handle);
+                let (acceptor, context) = (acceptor.clone(), context.clone());
+                context.clone().spawn(async move {
+                    serve_connection(acceptor, stream, context.clone()).await;
+                    context.store.remove_socket(id);
+                })
+            }
             Err(error) => {
                 tracing::debug!(%error, "test Event Hubs endpoint: accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;

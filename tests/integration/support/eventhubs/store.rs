@@ -272,6 +272,9 @@ pub(crate) struct Store {
     next_receiver: AtomicU64,
     pub stolen: AtomicUsize,
     pub authorizations: Mutex<Vec<String>>,
+    /// A handle on the socket of every connection accepted, to cut them all.
+    sockets: Mutex<HashMap<u64, std::net::TcpStream>>,
+    next_socket: AtomicU64,
 }
 
 /// Keeps a receiver registered; unregisters it when dropped.
@@ -317,6 +320,8 @@ impl Store {
             next_receiver: AtomicU64::new(0),
             stolen: AtomicUsize::new(0),
             authorizations: Mutex::new(Vec::new()),
+            sockets: Mutex::new(HashMap::new()),
+            next_socket: AtomicU64::new(0),
         }
     }
 
@@ -424,6 +429,32 @@ impl Store {
             }
         }
         detached
+    }
+
+    /// Shuts down the socket of every open connection, as a network failure or a service node
+    /// restart does; returns how many were open.
+    pub fn cut_connections(&self) -> usize {
+        let sockets = std::mem::take(&mut *self.sockets());
+        sockets
+            .values()
+            .filter(|socket| socket.shutdown(std::net::Shutdown::Both).is_ok())
+            .count()
+    }
+
+    /// Keeps a handle on a connection's socket until [`Store::remove_socket`].
+    pub fn add_socket(&self, socket: std::net::TcpStream) -> u64 {
+        let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        self.sockets().insert(id, socket);
+        id
+    }
+
+    /// Lets go of a closed connection's socket.
+    pub fn remove_socket(&self, id: u64) {
+        self.sockets().remove(&id);
+    }
+
+    fn sockets(&self) -> MutexGuard<'_, HashMap<u64, std::net::TcpStream>> {
+        self.sockets.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// How many receivers are attached per partition of a hub/consumer group.
