@@ -175,8 +175,13 @@ fn read_template_body(
                 .require("TimestampExpression")
                 .and_then(|v| read_expression(v, errors)),
         ),
-        // Fixed by the template type; supplying them is an unknown member, as in the original.
-        TemplateKind::IotJsonPath | TemplateKind::IotCentralJsonPath => (None, None),
+        // Fixed by the template type (`[JsonIgnore]` in the original): supplied values, of any
+        // type, are skipped without an error.
+        TemplateKind::IotJsonPath | TemplateKind::IotCentralJsonPath => {
+            members.take("DeviceIdExpression");
+            members.take("TimestampExpression");
+            (None, None)
+        }
     };
     let mut optional =
         |name: &str, errors: &mut Vec<TemplateError>| members.take(name).and_then(|v| read_expression(v, errors));
