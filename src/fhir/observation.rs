@@ -602,43 +602,56 @@ fn format_instant(time: DateTime<Utc>) -> String {
     format!("{}+00:00", text.trim_end_matches('Z'))
 }
 
-/// `decimal.Parse(text, CultureInfo.InvariantCulture)` (`NumberStyles.Number`): surrounding
-/// white space, a leading or a trailing sign, `,` group separators, a decimal point; no
-/// exponent. The scale is kept (`98.60`).
+/// `decimal.Parse(text, CultureInfo.InvariantCulture)` (`NumberStyles.Number`), as .NET's
+/// number parser scans: leading white space then an optional sign (no white space after it);
+/// digits with `,` group separators after the first digit and one decimal point; then white space
+/// and, if none led, a sign, in any order; trailing NULs are ignored. White space is only
+/// U+0009–U+000D and U+0020. No exponent. The scale is kept (`98.60`).
 pub fn parse_dotnet_decimal(text: &str) -> Option<Decimal> {
-    let trimmed = text.trim();
-    let (negative, body) = if let Some(rest) = trimmed.strip_prefix('-') {
-        (true, rest)
-    } else if let Some(rest) = trimmed.strip_prefix('+') {
-        (false, rest)
-    } else if let Some(rest) = trimmed.strip_suffix('-') {
-        (true, rest)
-    } else if let Some(rest) = trimmed.strip_suffix('+') {
-        (false, rest)
-    } else {
-        (false, trimmed)
+    let is_white = |c: char| c == ' ' || ('\u{9}'..='\u{d}').contains(&c);
+    let sign_of = |c: char| match c {
+        '-' => Some(true),
+        '+' => Some(false),
+        _ => None,
     };
-    let (integer, fraction) = body.split_once('.').unwrap_or((body, ""));
-    let integer_digits: String = integer.chars().filter(|&c| c != ',').collect();
-    let valid = !(integer_digits.is_empty() && fraction.is_empty())
-        && integer.chars().all(|c| c.is_ascii_digit() || c == ',')
-        && !integer.starts_with(',')
-        && fraction.chars().all(|c| c.is_ascii_digit());
-    if !valid {
+    let mut chars = text.chars().peekable();
+    while chars.next_if(|&c| is_white(c)).is_some() {}
+    let mut negative = chars.next_if(|&c| sign_of(c).is_some()).and_then(sign_of);
+    let (mut integer, mut fraction) = (String::new(), String::new());
+    let mut seen_point = false;
+    while let Some(&c) = chars.peek() {
+        match c {
+            '0'..='9' if seen_point => fraction.push(c),
+            '0'..='9' => integer.push(c),
+            ',' if !seen_point && !integer.is_empty() => {}
+            '.' if !seen_point => seen_point = true,
+            _ => break,
+        }
+        chars.next();
+    }
+    if integer.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    while let Some(&c) = chars.peek() {
+        if is_white(c) {
+        } else if let (None, Some(sign)) = (negative, sign_of(c)) {
+            negative = Some(sign);
+        } else {
+            break;
+        }
+        chars.next();
+    }
+    if !chars.all(|c| c == '\0') {
         return None;
     }
     let digits = format!(
         "{}{}{}",
-        if integer_digits.is_empty() {
-            "0"
-        } else {
-            &integer_digits
-        },
+        if integer.is_empty() { "0" } else { &integer },
         if fraction.is_empty() { "" } else { "." },
         fraction
     );
     let mut number: Decimal = digits.parse().ok()?;
-    if negative && !number.is_zero() {
+    if negative == Some(true) && !number.is_zero() {
         number.set_sign_negative(true);
     }
     Some(number)
@@ -672,8 +685,16 @@ mod tests {
         assert_eq!(ok(".5").as_deref(), Some("0.5"));
         assert_eq!(ok("5.").as_deref(), Some("5"));
         assert_eq!(ok("-0").as_deref(), Some("0"));
+        // The trailing sign may follow white space, and white space may follow it.
+        assert_eq!(ok("5 -").as_deref(), Some("-5"));
+        assert_eq!(ok(" 5 - ").as_deref(), Some("-5"));
+        assert_eq!(ok("1,000 +").as_deref(), Some("1000"));
+        assert_eq!(ok("5,,0").as_deref(), Some("50"));
+        assert_eq!(ok("\t5\r\n").as_deref(), Some("5"));
+        assert_eq!(ok("5\0\0").as_deref(), Some("5"));
         for bad in [
-            "1e3", "NaN", "Infinity", "abc", "", "-", "1.2.3", "--1", "(1)", "1 2", ",1",
+            "1e3", "NaN", "Infinity", "abc", "", "-", "1.2.3", "--1", "(1)", "1 2", ",1", ".", "- 5", "-5-", "5 - -",
+            "\u{a0}5", "5\u{a0}", "5\0x",
         ] {
             assert_eq!(ok(bad), None, "{bad}");
         }
