@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::group::{MeasurementGroup, ObservationGroup, group_measurements, observation_groups};
+use super::identity::multiple_found;
 use super::json::Json;
 use super::observation::{Built, Merged, ResourceIds, build_observation, identifier_value, merge_observation};
 use super::template::{CodeValueTemplate, FhirTemplateSet};
@@ -66,16 +67,20 @@ pub fn upsert(
     }
 }
 
-/// The service identifier value of an Observation, if it has one.
-pub fn service_identifier(observation: &Json) -> Option<&str> {
+/// Whether an Observation carries exactly the service identifier `value`: an identifier element
+/// equal to `{system, value}` and nothing else (Firely's `IsExactly`, compat.md §12).
+pub fn has_service_identifier(observation: &Json, value: &str) -> bool {
     observation
-        .get("identifier")?
-        .as_array()?
-        .iter()
-        .find_map(|identifier| {
-            (identifier.get("system")?.as_str()? == SERVICE_SYSTEM)
-                .then(|| identifier.get("value")?.as_str())
-                .flatten()
+        .get("identifier")
+        .and_then(Json::as_array)
+        .is_some_and(|identifiers| {
+            identifiers.iter().any(|identifier| {
+                identifier.as_object().is_some_and(|members| {
+                    members.iter().count() == 2
+                        && members.get("system").and_then(Json::as_str) == Some(SERVICE_SYSTEM)
+                        && members.get("value").and_then(Json::as_str) == Some(value)
+                })
+            })
         })
 }
 
@@ -121,12 +126,10 @@ pub struct Batch<'b> {
 /// one second) end in one Observation. A failing window does not stop the others (decision P4).
 pub fn transform_batch(templates: &FhirTemplateSet, batch: Batch<'_>) -> Outcome {
     let mut outcome = Outcome::default();
-    let mut store: Vec<(String, Json, bool)> = batch
+    let mut store: Vec<(Json, bool)> = batch
         .existing
         .iter()
-        .filter_map(|observation| {
-            service_identifier(observation).map(|id| (id.to_string(), observation.clone(), false))
-        })
+        .map(|observation| (observation.clone(), false))
         .collect();
     let mut touched: Vec<usize> = Vec::new();
     for group in group_measurements(batch.measurements) {
@@ -150,8 +153,18 @@ pub fn transform_batch(templates: &FhirTemplateSet, batch: Batch<'_>) -> Outcome
         };
         for window in &plan.windows {
             let identifier = identifier_value(&ids, group.type_name, window);
-            let stored = store.iter().position(|(id, _, _)| *id == identifier);
-            let existing = stored.map(|index| &store[index].1);
+            let matching: Vec<usize> = (0..store.len())
+                .filter(|&index| has_service_identifier(&store[index].0, &identifier))
+                .collect();
+            if matching.len() > 1 {
+                let found: Vec<Json> = matching.iter().map(|&index| store[index].0.clone()).collect();
+                outcome
+                    .failures
+                    .push(fail(multiple_found("Observation", &found), &window.members));
+                continue;
+            }
+            let stored = matching.first().copied();
+            let existing = stored.map(|index| &store[index].0);
             match upsert(plan.template, window, group.type_name, &ids, existing, batch.issued) {
                 Ok(Upsert::Unchanged) => {
                     outcome.unchanged += 1;
@@ -164,12 +177,12 @@ pub fn transform_batch(templates: &FhirTemplateSet, batch: Batch<'_>) -> Outcome
                     let index = match stored {
                         Some(index) => {
                             outcome.updated += 1;
-                            store[index].1 = built.observation;
+                            store[index].0 = built.observation;
                             index
                         }
                         None => {
                             outcome.created += 1;
-                            store.push((identifier, built.observation, false));
+                            store.push((built.observation, false));
                             store.len() - 1
                         }
                     };
@@ -179,13 +192,13 @@ pub fn transform_batch(templates: &FhirTemplateSet, batch: Batch<'_>) -> Outcome
             }
         }
     }
-    outcome.observations = touched.into_iter().map(|index| store[index].1.clone()).collect();
+    outcome.observations = touched.into_iter().map(|index| store[index].0.clone()).collect();
     outcome
 }
 
-fn mark_touched(store: &mut [(String, Json, bool)], touched: &mut Vec<usize>, index: usize) {
-    if !store[index].2 {
-        store[index].2 = true;
+fn mark_touched(store: &mut [(Json, bool)], touched: &mut Vec<usize>, index: usize) {
+    if !store[index].1 {
+        store[index].1 = true;
         touched.push(index);
     }
 }

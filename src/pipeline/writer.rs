@@ -18,7 +18,7 @@ use crate::fhir::group::{MeasurementGroup, ObservationGroup, group_measurements}
 use crate::fhir::identity::{multiple_found, version_id};
 use crate::fhir::observation::{ResourceIds, identifier_value};
 use crate::fhir::template::CodeValueTemplate;
-use crate::fhir::transform::{GroupFailure, Upsert, plan_windows, service_identifier, upsert};
+use crate::fhir::transform::{GroupFailure, Upsert, has_service_identifier, plan_windows, upsert};
 use crate::fhir::{FhirError, FhirErrorKind, FhirTemplateSet, Json, SERVICE_SYSTEM};
 use crate::model::Measurement;
 use crate::pipeline::identity::{GroupIdentity, IdentityResolver, ResolveError};
@@ -587,7 +587,7 @@ fn apply(item: &Item<'_>, base: Option<&Json>, issued: DateTime<Utc>) -> (Planne
 fn exact_match(identifier: &str, found: Vec<Json>) -> Result<Option<Arc<Json>>, FhirError> {
     let matching: Vec<Json> = found
         .into_iter()
-        .filter(|observation| service_identifier(observation) == Some(identifier))
+        .filter(|observation| has_service_identifier(observation, identifier))
         .collect();
     match matching.len() {
         0 => Ok(None),
