@@ -2,7 +2,8 @@
 //!
 //! Beyond RFC 8259 it accepts what Json.NET's `JsonTextReader` accepts and real device payloads
 //! use: `//` and `/* */` comments, single-quoted strings, unquoted property names, trailing commas,
-//! `NaN` / `Infinity` / `-Infinity`, octal (`012`) and hex (`0x1F`) integers, `.5` and `5.`.
+//! `NaN` / `Infinity` / `-Infinity`, octal (`012`) and hex (`0x1F`) integers, `.5` and `5.`,
+//! `undefined` and empty slots (`[1,,2]`, `{"a":,}`), read as null.
 //! The same grammar builds [`JToken`]s for device messages and position-carrying trees for
 //! templates. Nesting is limited to [`MAX_DEPTH`] containers, Json.NET's default `MaxDepth`, so
 //! hostile input cannot exhaust the stack.
@@ -178,6 +179,10 @@ impl Parser<'_> {
             Some(b't') => self.literal("true").map(|_| builder.boolean(true, start)),
             Some(b'f') => self.literal("false").map(|_| builder.boolean(false, start)),
             Some(b'n') => self.literal("null").map(|_| builder.null(start)),
+            // Json.NET reads `undefined`, and an empty slot before a comma inside an array or an
+            // object, as an undefined value, which converts like null.
+            Some(b'u') => self.literal("undefined").map(|_| builder.null(start)),
+            Some(b',') if depth > 0 => Ok(builder.null(start)),
             Some(_) => Err(self.error("Unexpected character, expected a value")),
         }
     }
@@ -554,7 +559,7 @@ mod tests {
     fn rejects_invalid_json_with_offsets() {
         for (text, offset) in [
             ("{", 1),
-            ("[1,,2]", 3),
+            ("[1,;]", 3),
             ("08", 0),
             ("{\"a\" 1}", 5),
             ("tru", 0),
@@ -580,6 +585,15 @@ mod tests {
             token.to_json(),
             r#"{"a":1,"b":[1,2],"c":"NaN","d":"-Infinity","e":10,"f":31,"g":0.5}"#
         );
+        // Undefined values (read as null): the literal and empty slots.
+        assert_eq!(
+            parse_token("{a: undefined, b: [1,,2], c: [,], d:, e: 1}")
+                .unwrap()
+                .to_json(),
+            r#"{"a":null,"b":[1,null,2],"c":[null],"d":null,"e":1}"#
+        );
+        assert!(parse_token(",").is_err());
+        assert!(parse_token("undefinedx").is_err());
     }
 
     #[test]
