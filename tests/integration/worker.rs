@@ -147,6 +147,28 @@ port = 0
         index
     }
 
+    /// Waits until the normalized hub holds `count` events; fails the test after 90 s.
+    async fn wait_for_normalized(&self, count: usize) {
+        let arrived = self
+            .endpoint
+            .wait_for_count("normalizeddata", count, Duration::from_secs(90))
+            .await;
+        assert!(arrived, "{}", self.logs());
+    }
+
+    /// Waits until every partition of each hub is read by its consumer group; fails the test
+    /// after 30 s.
+    async fn wait_for_readers(&self, readers: &[(&str, &str)]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while readers
+            .iter()
+            .any(|(hub, group)| self.endpoint.receivers(hub, group).len() < 4)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn log_path(&self, index: usize) -> PathBuf {
         self.dir.path().join(format!("worker-{index}.log"))
     }
@@ -701,31 +723,13 @@ async fn links_the_service_detaches_are_reattached_without_losing_or_repeating_e
     let lines = heart_rate_messages(&run, 4, 50);
     let (first, second) = lines.split_at(100);
     world.send(first).await;
-    assert!(
-        world
-            .endpoint
-            .wait_for_count("normalizeddata", 100, Duration::from_secs(60))
-            .await,
-        "{}",
-        world.logs()
-    );
+    world.wait_for_normalized(100).await;
     // Once the worker reads every partition, the service moves them all: each link is detached.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while world.endpoint.receivers("devicedata", "normalize").len() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "{}", world.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world.wait_for_readers(&[("devicedata", "normalize")]).await;
     let detached = world.endpoint.force_detach("devicedata");
     assert!(detached >= 4, "every partition was being read: {detached}");
     world.send(second).await;
-    assert!(
-        world
-            .endpoint
-            .wait_for_count("normalizeddata", 200, Duration::from_secs(60))
-            .await,
-        "{}",
-        world.logs()
-    );
+    world.wait_for_normalized(200).await;
     // Give repeated events time to show.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let bodies: Vec<Vec<u8>> = world
@@ -748,21 +752,10 @@ async fn connections_cut_by_the_network_are_reopened_without_losing_or_repeating
     let lines = heart_rate_messages(&run, 4, 50);
     let (first, second) = lines.split_at(100);
     world.send(first).await;
-    assert!(
-        world
-            .endpoint
-            .wait_for_count("normalizeddata", 100, Duration::from_secs(60))
-            .await,
-        "{}",
-        world.logs()
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while world.endpoint.receivers("devicedata", "normalize").len() < 4
-        || world.endpoint.receivers("normalizeddata", "transform").len() < 4
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{}", world.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    world.wait_for_normalized(100).await;
+    world
+        .wait_for_readers(&[("devicedata", "normalize"), ("normalizeddata", "transform")])
+        .await;
     // Let the worker learn its sends landed and checkpoint them (every 300 ms): a send whose
     // outcome the cut loses is sent again, as Event Hubs producers are at-least-once.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -770,14 +763,7 @@ async fn connections_cut_by_the_network_are_reopened_without_losing_or_repeating
     let cut = world.endpoint.cut_connections();
     assert!(cut >= 3, "the worker's connections were open: {cut}");
     world.send(second).await;
-    assert!(
-        world
-            .endpoint
-            .wait_for_count("normalizeddata", 200, Duration::from_secs(90))
-            .await,
-        "{}",
-        world.logs()
-    );
+    world.wait_for_normalized(200).await;
     let expected = expected(&lines, world.dir.path());
     let api = client(&fhir_url());
     assert_eq!(
