@@ -189,7 +189,7 @@ where
             Ok(value) => return Some(value),
             Err(error) => {
                 tracing::error!(error = %format!("{error:#}"), retry_in_s = backoff.as_secs(), "{what} failed; retrying.");
-                metrics.retries.get_or_create(&labels([("target", target)])).inc();
+                metrics.retried(target);
             }
         }
         tokio::select! {
@@ -525,11 +525,7 @@ where
             Ok(processor) => processor,
             Err(error) => {
                 tracing::warn!(hub = %source.hub, error = %error, retry_in_s = backoff.as_secs(), "Starting the event processor failed; retrying.");
-                shared
-                    .metrics
-                    .retries
-                    .get_or_create(&labels([("target", "eventhubs")]))
-                    .inc();
+                shared.metrics.retried("eventhubs");
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -562,11 +558,7 @@ where
                 }
                 _ = broken.tripped() => {
                     tracing::warn!(hub = %source.hub, "The Event Hubs connection is broken; letting the partitions go and starting a new event processor.");
-                    shared
-                        .metrics
-                        .retries
-                        .get_or_create(&labels([("target", "eventhubs")]))
-                        .inc();
+                    shared.metrics.retried("eventhubs");
                     drain_limit = Duration::from_secs(10);
                     break;
                 }

@@ -133,6 +133,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one retry of a transient failure of `target` (fhir, eventhubs, storage).
+    pub fn retried(&self, target: &str) {
+        self.retries.get_or_create(&labels([("target", target)])).inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();

@@ -133,11 +133,7 @@ async fn retry<'f, T, E: std::fmt::Display>(
         match attempt().await {
             Ok(value) => return Some(value),
             Err(error) => {
-                context
-                    .metrics
-                    .retries
-                    .get_or_create(&labels([("target", target)]))
-                    .inc();
+                context.metrics.retried(target);
                 tracing::warn!(target_system = target, error = %error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying.");
                 tokio::select! {
                     _ = context.shutdown.cancelled() => return None,
@@ -322,11 +318,7 @@ async fn checkpoint_source(
             }
             Err(SourceError::Closed(_) | SourceError::Ended(_)) => return false,
             Err(SourceError::Transient(error)) => {
-                context
-                    .metrics
-                    .retries
-                    .get_or_create(&labels([("target", "storage")]))
-                    .inc();
+                context.metrics.retried("storage");
                 tracing::warn!(error = %error, "Writing the checkpoint failed; retrying.");
                 tokio::select! {
                     // Shutting down: the caller makes one last attempt.
