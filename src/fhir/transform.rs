@@ -67,9 +67,30 @@ pub fn upsert(
     }
 }
 
+/// The position of the one Observation among `candidates` that carries exactly the service
+/// identifier `value`: none, one, or `MultipleResourceFoundException` for several (compat.md §12).
+pub fn find_by_identifier<'a>(
+    value: &str,
+    candidates: impl IntoIterator<Item = &'a Json>,
+) -> Result<Option<usize>, FhirError> {
+    let matching: Vec<(usize, &Json)> = candidates
+        .into_iter()
+        .enumerate()
+        .filter(|(_, observation)| has_service_identifier(observation, value))
+        .collect();
+    match matching.as_slice() {
+        [] => Ok(None),
+        [(index, _)] => Ok(Some(*index)),
+        several => {
+            let found: Vec<Json> = several.iter().map(|(_, observation)| (*observation).clone()).collect();
+            Err(multiple_found("Observation", &found))
+        }
+    }
+}
+
 /// Whether an Observation carries exactly the service identifier `value`: an identifier element
-/// equal to `{system, value}` and nothing else (Firely's `IsExactly`, compat.md §12).
-pub fn has_service_identifier(observation: &Json, value: &str) -> bool {
+/// equal to `{system, value}` and nothing else (Firely's `IsExactly`).
+fn has_service_identifier(observation: &Json, value: &str) -> bool {
     observation
         .get("identifier")
         .and_then(Json::as_array)
@@ -153,17 +174,13 @@ pub fn transform_batch(templates: &FhirTemplateSet, batch: Batch<'_>) -> Outcome
         };
         for window in &plan.windows {
             let identifier = identifier_value(&ids, group.type_name, window);
-            let matching: Vec<usize> = (0..store.len())
-                .filter(|&index| has_service_identifier(&store[index].0, &identifier))
-                .collect();
-            if matching.len() > 1 {
-                let found: Vec<Json> = matching.iter().map(|&index| store[index].0.clone()).collect();
-                outcome
-                    .failures
-                    .push(fail(multiple_found("Observation", &found), &window.members));
-                continue;
-            }
-            let stored = matching.first().copied();
+            let stored = match find_by_identifier(&identifier, store.iter().map(|(observation, _)| observation)) {
+                Ok(stored) => stored,
+                Err(error) => {
+                    outcome.failures.push(fail(error, &window.members));
+                    continue;
+                }
+            };
             let existing = stored.map(|index| &store[index].0);
             match upsert(plan.template, window, group.type_name, &ids, existing, batch.issued) {
                 Ok(Upsert::Unchanged) => {

@@ -15,10 +15,10 @@ use futures::stream;
 use futures::{FutureExt, StreamExt};
 
 use crate::fhir::group::{MeasurementGroup, ObservationGroup, group_measurements};
-use crate::fhir::identity::{multiple_found, version_id};
+use crate::fhir::identity::version_id;
 use crate::fhir::observation::{ResourceIds, identifier_value};
 use crate::fhir::template::CodeValueTemplate;
-use crate::fhir::transform::{GroupFailure, Upsert, has_service_identifier, plan_windows, upsert};
+use crate::fhir::transform::{GroupFailure, Upsert, find_by_identifier, plan_windows, upsert};
 use crate::fhir::{FhirError, FhirErrorKind, FhirTemplateSet, Json, SERVICE_SYSTEM};
 use crate::model::Measurement;
 use crate::pipeline::identity::{GroupIdentity, IdentityResolver, ResolveError};
@@ -582,18 +582,10 @@ fn apply(item: &Item<'_>, base: Option<&Json>, issued: DateTime<Utc>) -> (Planne
     (planned, tally)
 }
 
-/// The search results that carry exactly the wanted identifier (servers may match only a
+/// The search result that carries exactly the wanted identifier (servers may match only a
 /// prefix of long identifiers): none, one, or an error for several.
-fn exact_match(identifier: &str, found: Vec<Json>) -> Result<Option<Arc<Json>>, FhirError> {
-    let matching: Vec<Json> = found
-        .into_iter()
-        .filter(|observation| has_service_identifier(observation, identifier))
-        .collect();
-    match matching.len() {
-        0 => Ok(None),
-        1 => Ok(matching.into_iter().next().map(Arc::new)),
-        _ => Err(multiple_found("Observation", &matching)),
-    }
+fn exact_match(identifier: &str, mut found: Vec<Json>) -> Result<Option<Arc<Json>>, FhirError> {
+    Ok(find_by_identifier(identifier, &found)?.map(|index| Arc::new(found.swap_remove(index))))
 }
 
 /// The cache key and search token of an Observation identifier: `{system}|{value}`.
