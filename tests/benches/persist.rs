@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use futures::StreamExt;
 use iomt_connector::adapters::fhir_http::{FhirClientConfig, FhirHttpClient};
 use iomt_connector::fhir::identity::IdentityMode;
 use iomt_connector::fhir::{FhirTemplateSet, Json};
@@ -27,6 +26,9 @@ use iomt_connector::model::{Measurement, MeasurementProperty};
 use iomt_connector::pipeline::identity::{IdentityResolver, IdentitySettings};
 use iomt_connector::pipeline::ports::{BatchReply, BatchRequest, FhirApi, FhirApiError};
 use iomt_connector::pipeline::writer::{ObservationWriter, WriterSettings};
+
+mod raw_write;
+use raw_write::raw_batches;
 
 const DEVICES: usize = 1000;
 const ROUND_SECONDS: i64 = 60;
@@ -96,35 +98,6 @@ fn round(run: &str, start: DateTime<Utc>) -> Vec<Measurement> {
     measurements
 }
 
-/// Posts `entries` (JSON texts of Bundle entries) as `batch` Bundles with a bare client.
-async fn raw_batches(http: &reqwest::Client, url: &str, entries: Vec<String>) -> Duration {
-    let started = Instant::now();
-    let bundles: Vec<String> = entries
-        .chunks(BUNDLE)
-        .map(|chunk| {
-            format!(
-                r#"{{"resourceType":"Bundle","type":"batch","entry":[{}]}}"#,
-                chunk.join(",")
-            )
-        })
-        .collect();
-    futures::stream::iter(bundles.into_iter().map(|bundle| async move {
-        let response = http
-            .post(url)
-            .header("Content-Type", "application/fhir+json")
-            .body(bundle)
-            .send()
-            .await
-            .expect("the server answers");
-        assert!(response.status().is_success(), "{}", response.status());
-        response.bytes().await.unwrap();
-    }))
-    .buffer_unordered(CONCURRENCY / 2)
-    .collect::<Vec<_>>()
-    .await;
-    started.elapsed()
-}
-
 /// Devices and Patients for a run, written in Bundles (not measured).
 async fn setup(http: &reqwest::Client, url: &str, run: &str) {
     let mut entries = Vec::new();
@@ -139,7 +112,7 @@ async fn setup(http: &reqwest::Client, url: &str, run: &str) {
             device(run, index)
         ));
     }
-    raw_batches(http, url, entries).await;
+    raw_batches(http, url, entries, BUNDLE, CONCURRENCY / 2).await;
 }
 
 struct Rates {
@@ -247,7 +220,10 @@ async fn main() {
         })
         .collect();
     let count = equivalent.len();
-    let raw = count as f64 / raw_batches(&http, &url, equivalent).await.as_secs_f64();
+    let raw = count as f64
+        / raw_batches(&http, &url, equivalent, BUNDLE, CONCURRENCY / 2)
+            .await
+            .as_secs_f64();
 
     println!(
         "persist: {DEVICES} devices, 1 Hz heart rate, hourly SampledData (3600 slots); rounds of {ROUND_SECONDS} s of readings"

@@ -12,7 +12,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+mod raw_write;
+use raw_write::raw_batches;
 
 const DEVICES: usize = 1000;
 const SECONDS: usize = 30;
@@ -74,34 +75,6 @@ async fn metrics(port: u16) -> String {
         .unwrap_or_else(|| panic!("no metrics"))
         .await
         .unwrap_or_default()
-}
-
-async fn raw_batches(http: &reqwest::Client, url: &str, entries: Vec<String>) -> Duration {
-    let started = Instant::now();
-    let bundles: Vec<String> = entries
-        .chunks(BUNDLE)
-        .map(|chunk| {
-            format!(
-                r#"{{"resourceType":"Bundle","type":"batch","entry":[{}]}}"#,
-                chunk.join(",")
-            )
-        })
-        .collect();
-    futures::stream::iter(bundles.into_iter().map(|bundle| async move {
-        let response = http
-            .post(url)
-            .header("Content-Type", "application/fhir+json")
-            .body(bundle)
-            .send()
-            .await
-            .expect("the server answers");
-        assert!(response.status().is_success(), "{}", response.status());
-        response.bytes().await.unwrap();
-    }))
-    .buffer_unordered(4)
-    .collect::<Vec<_>>()
-    .await;
-    started.elapsed()
 }
 
 #[tokio::main]
@@ -248,7 +221,7 @@ async fn main() {
         })
         .collect();
     let count = entries.len().max(1);
-    let raw = count as f64 / raw_batches(&http, &url, entries).await.as_secs_f64();
+    let raw = count as f64 / raw_batches(&http, &url, entries, BUNDLE, 4).await.as_secs_f64();
 
     println!(
         "pipeline: iomt run --local, {DEVICES} devices at 1 Hz ({} msg/s offered) for {SECONDS} s, hourly SampledData, max latency {MAX_LATENCY_MS} ms, Bundles of {BUNDLE}",
