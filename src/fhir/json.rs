@@ -7,7 +7,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 
 use crate::json::parse::{Builder, MAX_DEPTH, ParseError, Trailing, parse_with};
-use crate::json::write_json_string;
+use crate::json::{JToken, write_json_string};
 
 /// A FHIR JSON value.
 #[derive(Debug, Clone)]
@@ -232,16 +232,16 @@ impl Builder for FhirBuilder {
         Json::Bool(value)
     }
 
-    fn number(&mut self, text: &str, _: usize) -> Json {
+    fn number(&mut self, text: &str, _: JToken, _: usize) -> Json {
         Json::Number(text.into())
     }
 
-    fn string(&mut self, value: String, _: usize) -> Json {
-        Json::String(value)
+    fn string(&mut self, value: &str, _: usize) -> Json {
+        Json::String(value.to_string())
     }
 
-    fn key(&mut self, value: String, _: usize) -> String {
-        value
+    fn key(&mut self, value: &str, _: usize) -> String {
+        value.to_string()
     }
 
     fn array(&mut self, items: Vec<Json>, _: usize) -> Json {

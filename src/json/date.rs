@@ -6,6 +6,7 @@
 //! are converted to the host's local time by .NET; the original ran in UTC containers, and decision
 //! P1 makes that explicit: they become UTC here.
 
+use super::JString;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 
 /// .NET ticks (100 ns) per second.
@@ -34,7 +35,7 @@ pub enum DateKind {
 pub struct JsonDate {
     ticks: i64,
     kind: DateKind,
-    source: Box<str>,
+    source: JString,
 }
 
 impl JsonDate {

@@ -20,6 +20,9 @@ pub use spanned::{Pos, Spanned, SpannedJson, parse_spanned};
 
 use std::fmt::Write as _;
 
+/// The string type of tokens and member names: short ones are stored inline.
+pub type JString = compact_str::CompactString;
+
 /// One JSON value, typed as Json.NET types it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JToken {
@@ -30,11 +33,11 @@ pub enum JToken {
     /// An integer that fits in 64 bits.
     Integer(i64),
     /// An integer beyond 64 bits, kept as its decimal digits (with an optional leading `-`).
-    BigInteger(Box<str>),
+    BigInteger(JString),
     /// A number written with a fraction or an exponent.
     Float(f64),
     /// A string that Json.NET does not read as a date.
-    String(Box<str>),
+    String(JString),
     /// A string Json.NET reads as a date (ISO 8601 `yyyy-MM-ddTHH:mm:ss…` or `/Date(ms)/`).
     Date(Box<JsonDate>),
     /// An array.
@@ -81,12 +84,16 @@ impl KeyDigest {
     pub(crate) fn add(&mut self, name: &str) {
         // 64-bit multiply-xor over 8-byte chunks, then murmur3's finalizer.
         let mut hash = name.len() as u64 ^ 0x9e37_79b9_7f4a_7c15;
-        for chunk in name.as_bytes().chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            hash = (hash ^ u64::from_le_bytes(word))
-                .wrapping_mul(0xbf58_476d_1ce4_e5b9)
-                .rotate_left(31);
+        let mut mix = |word: u64| {
+            hash = (hash ^ word).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(31);
+        };
+        let mut chunks = name.as_bytes().chunks_exact(8);
+        for chunk in &mut chunks {
+            mix(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let tail = chunks.remainder();
+        if !tail.is_empty() {
+            mix(tail.iter().rev().fold(0, |word, &byte| (word << 8) | u64::from(byte)));
         }
         hash ^= hash >> 33;
         hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -113,13 +120,29 @@ impl KeyDigest {
 /// A JSON object with properties in document order. Names compare case-sensitively.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct JObject {
-    properties: Vec<(Box<str>, JToken)>,
+    properties: Vec<(JString, JToken)>,
 }
 
 impl JObject {
     /// An empty object.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An object of these properties, whose names the caller knows to be distinct.
+    pub(crate) fn from_unique(properties: Vec<(JString, JToken)>) -> Self {
+        debug_assert!(
+            properties
+                .iter()
+                .enumerate()
+                .all(|(i, (name, _))| properties[..i].iter().all(|(other, _)| other != name))
+        );
+        JObject { properties }
+    }
+
+    /// The properties, in document order.
+    pub(crate) fn into_properties(self) -> Vec<(JString, JToken)> {
+        self.properties
     }
 
     /// The value of property `name`, if present.
@@ -132,7 +155,7 @@ impl JObject {
 
     /// Sets property `name`; an existing property keeps its position and gets the new value
     /// (Json.NET's default `DuplicatePropertyNameHandling.Replace`).
-    pub fn insert(&mut self, name: impl Into<Box<str>>, value: JToken) {
+    pub fn insert(&mut self, name: impl Into<JString>, value: JToken) {
         let name = name.into();
         match self.properties.iter_mut().find(|(key, _)| *key == name) {
             Some((_, slot)) => *slot = value,
@@ -179,7 +202,7 @@ impl FromIterator<(String, JToken)> for JObject {
 
 impl JToken {
     /// A string token.
-    pub fn string(value: impl Into<Box<str>>) -> Self {
+    pub fn string(value: impl Into<JString>) -> Self {
         JToken::String(value.into())
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use super::{JObject, JToken, JsonDate, KeyDigest};
+use super::{JObject, JString, JToken, JsonDate, KeyDigest};
 
 /// Deepest container nesting accepted (Json.NET 13's default `JsonReader.MaxDepth`).
 pub const MAX_DEPTH: usize = 64;
@@ -55,10 +55,10 @@ pub(crate) trait Builder {
     type Key;
     fn null(&mut self, offset: usize) -> Self::Value;
     fn boolean(&mut self, value: bool, offset: usize) -> Self::Value;
-    /// `text` is a syntactically valid JSON number.
-    fn number(&mut self, text: &str, offset: usize) -> Self::Value;
-    fn string(&mut self, value: String, offset: usize) -> Self::Value;
-    fn key(&mut self, value: String, offset: usize) -> Self::Key;
+    /// `text` is a valid number literal and `token` its classification as Json.NET reads it.
+    fn number(&mut self, text: &str, token: JToken, offset: usize) -> Self::Value;
+    fn string(&mut self, value: &str, offset: usize) -> Self::Value;
+    fn key(&mut self, value: &str, offset: usize) -> Self::Key;
     fn array(&mut self, items: Vec<Self::Value>, offset: usize) -> Self::Value;
     fn object(&mut self, properties: Vec<(Self::Key, Self::Value)>, offset: usize) -> Self::Value;
 }
@@ -100,6 +100,7 @@ pub(crate) fn parse_with<B: Builder>(
         text,
         pos: 0,
         max_depth,
+        unescaped: String::new(),
     };
     if text.starts_with('\u{feff}') {
         parser.pos = 3;
@@ -120,9 +121,11 @@ struct Parser<'a> {
     text: &'a str,
     pos: usize,
     max_depth: usize,
+    /// The last string literal that had escapes, decoded.
+    unescaped: String,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn error(&self, message: &str) -> ParseError {
         ParseError {
             offset: self.pos,
@@ -173,8 +176,8 @@ impl Parser<'_> {
                 Ok(builder.string(value, start))
             }
             Some(b'-' | b'.' | b'0'..=b'9' | b'N' | b'I') => {
-                let text = self.number()?;
-                Ok(builder.number(text, start))
+                let (text, token) = self.number()?;
+                Ok(builder.number(text, token, start))
             }
             Some(b't') => self.literal("true").map(|_| builder.boolean(true, start)),
             Some(b'f') => self.literal("false").map(|_| builder.boolean(false, start)),
@@ -216,12 +219,12 @@ impl Parser<'_> {
         self.enter(depth)?;
         let start = self.pos;
         self.pos += 1;
-        let mut items = Vec::new();
         self.skip_whitespace()?;
         if self.peek() == Some(b']') {
             self.pos += 1;
-            return Ok(builder.array(items, start));
+            return Ok(builder.array(Vec::new(), start));
         }
+        let mut items = Vec::with_capacity(4);
         loop {
             self.skip_whitespace()?;
             if self.peek() == Some(b']') && !items.is_empty() {
@@ -247,26 +250,26 @@ impl Parser<'_> {
         self.enter(depth)?;
         let start = self.pos;
         self.pos += 1;
-        let mut properties = Vec::new();
         self.skip_whitespace()?;
         if self.peek() == Some(b'}') {
             self.pos += 1;
-            return Ok(builder.object(properties, start));
+            return Ok(builder.object(Vec::new(), start));
         }
+        // Device messages' objects are small: one allocation usually holds them all.
+        let mut properties = Vec::with_capacity(8);
         loop {
             self.skip_whitespace()?;
             let key_start = self.pos;
             let key = match self.peek() {
-                Some(quote @ (b'"' | b'\'')) => self.string(quote)?,
+                Some(quote @ (b'"' | b'\'')) => builder.key(self.string(quote)?, key_start),
                 Some(b'}') if !properties.is_empty() => {
                     // A trailing comma, as Json.NET allows.
                     self.pos += 1;
                     return Ok(builder.object(properties, start));
                 }
                 None => return Err(self.error("Unexpected end of input inside an object")),
-                Some(_) => self.unquoted_name()?,
+                Some(_) => builder.key(self.unquoted_name()?, key_start),
             };
-            let key = builder.key(key, key_start);
             self.skip_whitespace()?;
             if self.peek() != Some(b':') {
                 return Err(self.error("Expected ':' after a property name"));
@@ -290,13 +293,19 @@ impl Parser<'_> {
 
     /// Reads a number the way Json.NET's reader delimits one: `NaN`, `Infinity`, `-Infinity`, or a
     /// run of `-+.0-9a-fA-FxX` that must classify as an integer, octal, hex or double.
-    fn number(&mut self) -> Result<&str, ParseError> {
+    fn number(&mut self) -> Result<(&'a str, JToken), ParseError> {
         let start = self.pos;
-        for word in ["NaN", "Infinity", "-Infinity"] {
-            if self.bytes[self.pos..].starts_with(word.as_bytes()) {
-                self.pos += word.len();
-                self.expect_separator()?;
-                return Ok(&self.text[start..self.pos]);
+        if matches!(self.peek(), Some(b'N' | b'I')) || self.bytes[start..].starts_with(b"-I") {
+            for (word, value) in [
+                ("NaN", f64::NAN),
+                ("Infinity", f64::INFINITY),
+                ("-Infinity", f64::NEG_INFINITY),
+            ] {
+                if self.bytes[start..].starts_with(word.as_bytes()) {
+                    self.pos += word.len();
+                    self.expect_separator()?;
+                    return Ok((&self.text[start..self.pos], JToken::Float(value)));
+                }
             }
         }
         while let Some(b'-' | b'+' | b'.' | b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' | b'x' | b'X') = self.peek() {
@@ -304,15 +313,17 @@ impl Parser<'_> {
         }
         self.expect_separator()?;
         let text = &self.text[start..self.pos];
-        if number_token_checked(text).is_none() {
-            self.pos = start;
-            return Err(self.error(&format!("Input string '{text}' is not a valid number")));
+        match number_token(text) {
+            Some(token) => Ok((text, token)),
+            None => {
+                self.pos = start;
+                Err(self.error(&format!("Input string '{text}' is not a valid number")))
+            }
         }
-        Ok(text)
     }
 
     /// A property name without quotes: letters, digits, `_` and `$`.
-    fn unquoted_name(&mut self) -> Result<String, ParseError> {
+    fn unquoted_name(&mut self) -> Result<&'a str, ParseError> {
         let start = self.pos;
         let name_len = self.text[start..]
             .char_indices()
@@ -322,27 +333,33 @@ impl Parser<'_> {
             return Err(self.error("Expected a property name"));
         }
         self.pos += name_len;
-        Ok(self.text[start..self.pos].to_string())
+        Ok(&self.text[start..self.pos])
     }
 
     /// Reads a string literal starting at its opening quote (`"` or `'`). Raw control characters
-    /// are accepted, as Json.NET accepts them.
-    fn string(&mut self, quote: u8) -> Result<String, ParseError> {
+    /// are accepted, as Json.NET accepts them. Without escapes the value is a slice of the input;
+    /// with them it is decoded into the parser's buffer.
+    fn string<'s>(&'s mut self, quote: u8) -> Result<&'s str, ParseError>
+    where
+        'a: 's,
+    {
         self.pos += 1;
         let start = self.pos;
-        // Fast path: no escapes, one copy.
-        while let Some(&byte) = self.bytes.get(self.pos) {
-            if byte == quote {
-                let text = self.text[start..self.pos].to_string();
-                self.pos += 1;
-                return Ok(text);
+        // Fast path: no escapes, no copy.
+        match memchr::memchr2(quote, b'\\', &self.bytes[start..]) {
+            Some(length) if self.bytes[start + length] == quote => {
+                self.pos = start + length + 1;
+                return Ok(&self.text[start..start + length]);
             }
-            if byte == b'\\' {
-                break;
+            Some(length) => self.pos = start + length,
+            None => {
+                self.pos = self.bytes.len();
+                return Err(self.error("Unterminated string"));
             }
-            self.pos += 1;
         }
-        let mut out = String::from(&self.text[start..self.pos]);
+        let mut out = std::mem::take(&mut self.unescaped);
+        out.clear();
+        out.push_str(&self.text[start..self.pos]);
         let mut run_start = self.pos;
         loop {
             match self.peek() {
@@ -350,7 +367,8 @@ impl Parser<'_> {
                 Some(byte) if byte == quote => {
                     out.push_str(&self.text[run_start..self.pos]);
                     self.pos += 1;
-                    return Ok(out);
+                    self.unescaped = out;
+                    return Ok(&self.unescaped);
                 }
                 Some(b'\\') => {
                     out.push_str(&self.text[run_start..self.pos]);
@@ -430,7 +448,7 @@ struct TokenBuilder {
 
 impl Builder for TokenBuilder {
     type Value = JToken;
-    type Key = Box<str>;
+    type Key = JString;
 
     fn null(&mut self, _: usize) -> JToken {
         JToken::Null
@@ -440,27 +458,27 @@ impl Builder for TokenBuilder {
         JToken::Bool(value)
     }
 
-    fn number(&mut self, text: &str, _: usize) -> JToken {
-        number_token(text)
+    fn number(&mut self, _: &str, token: JToken, _: usize) -> JToken {
+        token
     }
 
-    fn string(&mut self, value: String, _: usize) -> JToken {
-        match JsonDate::detect(&value) {
+    fn string(&mut self, value: &str, _: usize) -> JToken {
+        match JsonDate::detect(value) {
             Some(date) => JToken::Date(Box::new(date)),
-            None => JToken::String(value.into_boxed_str()),
+            None => JToken::String(value.into()),
         }
     }
 
-    fn key(&mut self, value: String, _: usize) -> Box<str> {
-        self.keys.add(&value);
-        value.into_boxed_str()
+    fn key(&mut self, value: &str, _: usize) -> JString {
+        self.keys.add(value);
+        value.into()
     }
 
     fn array(&mut self, items: Vec<JToken>, _: usize) -> JToken {
         JToken::Array(items)
     }
 
-    fn object(&mut self, properties: Vec<(Box<str>, JToken)>, _: usize) -> JToken {
+    fn object(&mut self, properties: Vec<(JString, JToken)>, _: usize) -> JToken {
         JToken::Object(object_from_pairs(properties))
     }
 }
@@ -468,12 +486,8 @@ impl Builder for TokenBuilder {
 /// Longest integer literal Json.NET reads (`MaximumJavascriptIntegerCharacterLength`).
 const MAX_INTEGER_LENGTH: usize = 380;
 
-/// Classifies a number literal the way Json.NET's reader does.
-pub(crate) fn number_token(text: &str) -> JToken {
-    number_token_checked(text).unwrap_or(JToken::Float(f64::NAN))
-}
-
-fn number_token_checked(text: &str) -> Option<JToken> {
+/// Classifies a number literal the way Json.NET's reader does; `None` when it is not one.
+fn number_token(text: &str) -> Option<JToken> {
     match text {
         "NaN" => return Some(JToken::Float(f64::NAN)),
         "Infinity" => return Some(JToken::Float(f64::INFINITY)),
@@ -506,7 +520,7 @@ fn number_token_checked(text: &str) -> Option<JToken> {
     text.parse::<f64>().ok().map(JToken::Float)
 }
 
-fn object_from_pairs(properties: Vec<(Box<str>, JToken)>) -> JObject {
+fn object_from_pairs(properties: Vec<(JString, JToken)>) -> JObject {
     // Fast path: without duplicate names the pairs are already the object.
     let has_duplicates = if properties.len() <= 16 {
         properties
@@ -521,7 +535,7 @@ fn object_from_pairs(properties: Vec<(Box<str>, JToken)>) -> JObject {
         return JObject { properties };
     }
     let mut object = JObject::new();
-    let mut positions: std::collections::HashMap<Box<str>, usize> = std::collections::HashMap::new();
+    let mut positions: std::collections::HashMap<JString, usize> = std::collections::HashMap::new();
     for (key, value) in properties {
         match positions.get(&key) {
             Some(&index) => object.properties[index].1 = value,

@@ -1,7 +1,7 @@
 //! JSON values that remember where they start, so template errors can say `file:line:col`.
 
 use super::JToken;
-use super::parse::{Builder, MAX_DEPTH, ParseError, Trailing, number_token, parse_with};
+use super::parse::{Builder, MAX_DEPTH, ParseError, Trailing, parse_with};
 
 /// A 1-based line and column (in characters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -125,16 +125,16 @@ impl Builder for SpanBuilder<'_> {
         self.spanned(SpannedJson::Bool(value), offset)
     }
 
-    fn number(&mut self, text: &str, offset: usize) -> Self::Value {
-        self.spanned(SpannedJson::Number(number_token(text)), offset)
+    fn number(&mut self, _: &str, token: JToken, offset: usize) -> Self::Value {
+        self.spanned(SpannedJson::Number(token), offset)
     }
 
-    fn string(&mut self, value: String, offset: usize) -> Self::Value {
-        self.spanned(SpannedJson::String(value), offset)
+    fn string(&mut self, value: &str, offset: usize) -> Self::Value {
+        self.spanned(SpannedJson::String(value.to_string()), offset)
     }
 
-    fn key(&mut self, value: String, offset: usize) -> Self::Key {
-        self.spanned(value, offset)
+    fn key(&mut self, value: &str, offset: usize) -> Self::Key {
+        self.spanned(value.to_string(), offset)
     }
 
     fn array(&mut self, items: Vec<Self::Value>, offset: usize) -> Self::Value {

@@ -1,6 +1,8 @@
 //! A device event as templates see it: `{"Body": …, "Properties": {…}, "SystemProperties": {…}}`
 //! (compat.md §4.1).
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 
 use super::time::parse_utc_lenient;
@@ -43,13 +45,15 @@ impl DeviceEvent {
 
     /// `keys`, when given, must cover every member name of the parts (a superset is fine).
     fn with_keys(body: JToken, properties: JObject, system_properties: JObject, keys: Option<KeyDigest>) -> Self {
-        let mut envelope = JObject::new();
-        envelope.insert(BODY, body);
-        envelope.insert(PROPERTIES, JToken::Object(properties));
-        envelope.insert(SYSTEM_PROPERTIES, JToken::Object(system_properties));
-        let envelope = JToken::Object(envelope);
+        static ENVELOPE_KEYS: LazyLock<KeyDigest> =
+            LazyLock::new(|| KeyDigest::of_names([BODY, PROPERTIES, SYSTEM_PROPERTIES]));
+        let envelope = JToken::Object(JObject::from_unique(vec![
+            (BODY.into(), body),
+            (PROPERTIES.into(), JToken::Object(properties)),
+            (SYSTEM_PROPERTIES.into(), JToken::Object(system_properties)),
+        ]));
         let keys = match keys {
-            Some(keys) => keys.union(KeyDigest::of_names([BODY, PROPERTIES, SYSTEM_PROPERTIES])),
+            Some(keys) => keys.union(*ENVELOPE_KEYS),
             None => KeyDigest::of_token(&envelope),
         };
         DeviceEvent { keys, envelope }
@@ -62,14 +66,23 @@ impl DeviceEvent {
     }
 
     fn envelope_with_keys(token: JToken, keys: Option<KeyDigest>) -> Result<Self, String> {
-        let JToken::Object(mut object) = token else {
+        let JToken::Object(object) = token else {
             return Err(format!(
                 "An envelope must be a JSON object with Body, Properties and SystemProperties, found {}.",
                 token.type_name()
             ));
         };
-        let mut bag = |name: &str| -> Result<JObject, String> {
-            match object.remove(name) {
+        let (mut body, mut properties, mut system_properties) = (JToken::Null, None, None);
+        for (name, value) in object.into_properties() {
+            match &*name {
+                BODY => body = value,
+                PROPERTIES => properties = Some(value),
+                SYSTEM_PROPERTIES => system_properties = Some(value),
+                _ => {}
+            }
+        }
+        let bag = |name: &str, value: Option<JToken>| -> Result<JObject, String> {
+            match value {
                 None | Some(JToken::Null) => Ok(JObject::new()),
                 Some(JToken::Object(bag)) => Ok(bag),
                 Some(other) => Err(format!(
@@ -78,9 +91,8 @@ impl DeviceEvent {
                 )),
             }
         };
-        let properties = bag(PROPERTIES)?;
-        let system_properties = bag(SYSTEM_PROPERTIES)?;
-        let body = object.remove(BODY).unwrap_or(JToken::Null);
+        let properties = bag(PROPERTIES, properties)?;
+        let system_properties = bag(SYSTEM_PROPERTIES, system_properties)?;
         Ok(Self::with_keys(body, properties, system_properties, keys))
     }
 
