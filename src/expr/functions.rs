@@ -18,6 +18,7 @@ use rust_decimal::Decimal;
 use serde_json::Number;
 
 use crate::json::JsonDate;
+use crate::json::number::shortest_digits;
 
 /// The custom functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,16 +232,32 @@ fn decimal_op(a: Num, b: Num, op: impl Fn(Decimal, Decimal) -> Option<Decimal>) 
     decimal_to_f64(op(to_decimal(a)?, to_decimal(b)?)?)
 }
 
-/// The decimal with the same digits as the shortest text of `value`.
+/// The decimal with the same digits as the shortest text of `value` (what `Decimal::from_scientific`
+/// makes of `{value:e}`); `None` beyond `decimal`'s 28 digits of scale or 96 bits of mantissa.
 fn to_decimal(value: Num) -> Option<Decimal> {
     match value {
         Num::Int(value) => Some(Decimal::from(value)),
+        Num::Float(0.0) => Some(Decimal::ZERO),
         Num::Float(value) if value.is_finite() => {
-            let mut buffer = [0u8; 40];
-            let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-            std::io::Write::write_fmt(&mut cursor, format_args!("{value:e}")).ok()?;
-            let written = cursor.position() as usize;
-            Decimal::from_scientific(std::str::from_utf8(&buffer[..written]).ok()?).ok()
+            let (digits, scale) = shortest_digits(value.abs());
+            let digits = digits.as_bytes();
+            let mantissa = digits
+                .iter()
+                .fold(0i128, |sum, digit| sum * 10 + i128::from(digit - b'0'));
+            // value = mantissa × 10^exponent
+            let exponent = scale - digits.len() as i32;
+            let decimal = if exponent >= 0 {
+                if scale - 1 > 28 {
+                    return None;
+                }
+                let mantissa = mantissa.checked_mul(10i128.checked_pow(exponent as u32)?)?;
+                Decimal::try_from_i128_with_scale(mantissa, 0).ok()?
+            } else if -exponent <= 28 {
+                Decimal::try_from_i128_with_scale(mantissa, (-exponent) as u32).ok()?
+            } else {
+                return None;
+            };
+            Some(if value < 0.0 { -decimal } else { decimal })
         }
         Num::Float(_) => None,
     }
@@ -379,6 +396,41 @@ mod tests {
         );
         // Beyond decimal's range, IEEE arithmetic.
         assert_eq!(run("multiply(left, right)", &with("1e300", "10.0")).unwrap(), "1e301");
+    }
+
+    /// The direct conversion makes the decimal that parsing the shortest scientific text makes,
+    /// and fails where that parse fails.
+    #[test]
+    fn decimals_of_doubles_match_their_shortest_text() {
+        use rust_decimal::Decimal;
+
+        use super::{Num, to_decimal};
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut values = vec![
+            98.6, -98.6, 0.45359237, 1e28, 1e29, 7.9e28, 8e28, 1e-28, 1.5e-28, 1e-29, 5e-324, 1e300,
+        ];
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            values.push(f64::from_bits(state));
+            // Readings as devices send them: a few digits at an ordinary magnitude.
+            let sign = if state.is_multiple_of(2) { "" } else { "-" };
+            let digits = state % 10u64.pow(1 + (state >> 8) as u32 % 15);
+            values.push(format!("{sign}{digits}e-{}", (state >> 32) % 34).parse().unwrap());
+        }
+        for value in values.into_iter().filter(|value| value.is_finite() && *value != 0.0) {
+            let expected = Decimal::from_scientific(&format!("{value:e}")).ok();
+            let actual = to_decimal(Num::Float(value));
+            assert_eq!(actual, expected, "{value:e}");
+            if let (Some(actual), Some(expected)) = (actual, expected) {
+                assert_eq!(
+                    (actual.mantissa(), actual.scale()),
+                    (expected.mantissa(), expected.scale()),
+                    "{value:e}"
+                );
+            }
+        }
     }
 
     #[test]

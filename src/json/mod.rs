@@ -8,7 +8,7 @@
 
 mod date;
 mod dotnet_datetime;
-mod number;
+pub(crate) mod number;
 pub(crate) mod parse;
 mod spanned;
 

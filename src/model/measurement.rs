@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::time::{format_utc, parse_utc_lenient};
+use super::time::{parse_utc_lenient, write_utc};
 use crate::json::write_json_string;
 
 /// One normalized reading set: what a device-mapping template extracts from one matched token.
@@ -53,12 +53,12 @@ impl Measurement {
         out.push_str("{\"Type\":");
         write_json_string(&self.type_name, out);
         out.push_str(",\"OccurrenceTimeUtc\":\"");
-        out.push_str(&format_utc(self.occurrence_time_utc));
+        write_utc(self.occurrence_time_utc, out);
         out.push_str("\",\"IngestionTimeUtc\":");
         match self.ingestion_time_utc {
             Some(time) => {
                 out.push('"');
-                out.push_str(&format_utc(time));
+                write_utc(time, out);
                 out.push('"');
             }
             None => out.push_str("null"),

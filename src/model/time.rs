@@ -8,50 +8,63 @@ use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
 /// (`2019-02-01T22:46:01.875Z`, `2019-02-01T22:46:01Z`), as decision P1 specifies.
 pub fn format_utc(time: DateTime<Utc>) -> String {
     let mut out = String::with_capacity(30);
-    write_seconds(time, &mut out);
-    let nanos = time.nanosecond() % 1_000_000_000;
+    write_utc(time, &mut out);
+    out
+}
+
+/// Appends [`format_utc`]'s form of `time` to `out`.
+pub fn write_utc(time: DateTime<Utc>, out: &mut String) {
+    let time = time.naive_utc();
+    write_seconds(time, out);
+    let mut nanos = time.nanosecond() % 1_000_000_000;
     if nanos != 0 {
-        let digits = format!("{nanos:09}");
+        let mut width = 9;
+        while nanos.is_multiple_of(10) {
+            nanos /= 10;
+            width -= 1;
+        }
         out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        write_digits(out, nanos, width);
     }
     out.push('Z');
-    out
 }
 
 /// .NET's round-trip format `"o"` for a UTC `DateTime`: always seven fraction digits
 /// (`2019-01-01T00:59:59.9999999Z`).
 pub fn format_round_trip(time: DateTime<Utc>) -> String {
     let mut out = String::with_capacity(28);
+    let time = time.naive_utc();
     write_seconds(time, &mut out);
     let ticks = (time.nanosecond() % 1_000_000_000) / 100;
     let _ = write!(out, ".{ticks:07}Z");
     out
 }
 
-/// `yyyy-MM-ddTHH:mm:ss`, digit by digit: this runs for every Measurement written.
-fn write_seconds(time: DateTime<Utc>, out: &mut String) {
-    fn digits(out: &mut String, value: u32, width: u32) {
-        for position in (0..width).rev() {
-            out.push(char::from(b'0' + ((value / 10u32.pow(position)) % 10) as u8));
-        }
+/// Appends the last `width` decimal digits of `value`, zero-padded.
+fn write_digits(out: &mut String, value: u32, width: u32) {
+    for position in (0..width).rev() {
+        out.push(char::from(b'0' + ((value / 10u32.pow(position)) % 10) as u8));
     }
+}
+
+/// `yyyy-MM-ddTHH:mm:ss`, digit by digit: this runs for every Measurement written.
+fn write_seconds(time: NaiveDateTime, out: &mut String) {
     let year = time.year();
     if (0..=9999).contains(&year) {
-        digits(out, year as u32, 4);
+        write_digits(out, year as u32, 4);
     } else {
         let _ = write!(out, "{year:04}");
     }
     out.push('-');
-    digits(out, time.month(), 2);
+    write_digits(out, time.month(), 2);
     out.push('-');
-    digits(out, time.day(), 2);
+    write_digits(out, time.day(), 2);
     out.push('T');
-    digits(out, time.hour(), 2);
+    write_digits(out, time.hour(), 2);
     out.push(':');
-    digits(out, time.minute(), 2);
+    write_digits(out, time.minute(), 2);
     out.push(':');
-    digits(out, time.second(), 2);
+    write_digits(out, time.second(), 2);
 }
 
 /// Reads an RFC 3339 / ISO 8601 timestamp; one without an offset is UTC (decision P1). Only
