@@ -5,12 +5,12 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::{Arc, LazyLock};
 
-use jmespath::ast::Ast;
+use jmespath::ast::{Ast, Comparator};
 use jmespath::{Context, ErrorReason, Expression, Rcvar, Runtime, Variable, interpret};
 use serde_json::Number;
 
 use super::functions::{self, Arg, Custom, Out, register_custom_functions};
-use super::{ExpressionError, MATCHED_TOKEN, Scope, Selection};
+use super::{ExpressionError, MATCHED_TOKEN, Scope, Selected, Selection};
 use crate::json::{JToken, JsonDate};
 
 /// Longest expression accepted; real templates are far shorter, and the bound keeps hostile
@@ -65,6 +65,94 @@ pub struct JmesPath {
     projection: bool,
     root_fields: Option<Vec<String>>,
     direct: Option<Direct>,
+    filter: Option<Filter>,
+}
+
+/// A filter projection comparing a field of each element with a string, `list[?field == 'text']`
+/// or `!=`: the form device templates use to pick readings out of an array. Evaluated on the
+/// token tree, it yields the elements themselves, in document order, as JmesPath.Net does on
+/// Json.NET tokens.
+#[derive(Debug)]
+struct Filter {
+    /// The field chain holding the array.
+    list: Vec<String>,
+    /// The field chain compared, relative to each element.
+    field: Vec<String>,
+    /// `==` (true) or `!=` (false).
+    equal: bool,
+    text: String,
+}
+
+impl Filter {
+    fn of(ast: &Ast) -> Option<Filter> {
+        let Ast::Projection { lhs, rhs, .. } = ast else {
+            return None;
+        };
+        let Direct::Fields(list) = Direct::of(lhs)? else {
+            return None;
+        };
+        let Ast::Condition { predicate, then, .. } = &**rhs else {
+            return None;
+        };
+        let (
+            Ast::Identity { .. },
+            Ast::Comparison {
+                comparator, lhs, rhs, ..
+            },
+        ) = (&**then, &**predicate)
+        else {
+            return None;
+        };
+        let equal = match comparator {
+            Comparator::Equal => true,
+            Comparator::NotEqual => false,
+            _ => return None,
+        };
+        let (field, literal) = match (&**lhs, &**rhs) {
+            (Ast::Literal { value, .. }, other) | (other, Ast::Literal { value, .. }) => (other, value),
+            _ => return None,
+        };
+        let (Direct::Fields(field), Variable::String(text)) = (Direct::of(field)?, &**literal) else {
+            return None;
+        };
+        Some(Filter {
+            list,
+            field,
+            equal,
+            text: text.clone(),
+        })
+    }
+
+    /// The elements that pass (null elements never do: a projection drops null results).
+    fn select<'a>(&self, scope: &Scope<'a>) -> Vec<&'a JToken> {
+        let Some(JToken::Array(items)) = field_chain(&self.list, scope) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter(|item| !matches!(item, JToken::Null))
+            .filter(|item| {
+                let value = self.field.iter().try_fold(*item, |token, name| token.get(name));
+                let same = match value {
+                    Some(JToken::String(text)) => **text == *self.text,
+                    Some(JToken::Date(date)) => date.source() == self.text,
+                    _ => false,
+                };
+                same == self.equal
+            })
+            .collect()
+    }
+}
+
+/// The token at a field chain from the scope root (`matchedToken` first reads the matched
+/// token); `None` when a field is missing or a link is not an object.
+fn field_chain<'a>(names: &[String], scope: &Scope<'a>) -> Option<&'a JToken> {
+    let (first, rest) = names.split_first().expect("a field chain has a field");
+    let head = match scope.matched() {
+        Some(matched) if first == MATCHED_TOKEN => Some(matched),
+        _ => scope.root().get(first),
+    };
+    rest.iter().try_fold(head?, |token, name| token.get(name))
 }
 
 /// The expressions evaluated directly on the token tree, without converting data to the crate's
@@ -105,17 +193,7 @@ impl Direct {
 
     fn evaluate<'a>(&self, scope: &Scope<'a>) -> Result<Cow<'a, JToken>, String> {
         match self {
-            Direct::Fields(names) => {
-                let (first, rest) = names.split_first().expect("a field chain has a field");
-                let mut token = match scope.matched() {
-                    Some(matched) if first == MATCHED_TOKEN => Some(matched),
-                    _ => scope.root().get(first),
-                };
-                for name in rest {
-                    token = token.and_then(|token| token.get(name));
-                }
-                Ok(token.map_or(Cow::Owned(JToken::Null), Cow::Borrowed))
-            }
+            Direct::Fields(names) => Ok(field_chain(names, scope).map_or(Cow::Owned(JToken::Null), Cow::Borrowed)),
             Direct::Literal(value) => Ok(Cow::Owned(value.clone())),
             Direct::Call(function, args) => {
                 // At most three arguments (arity is checked at load): no heap allocation.
@@ -183,11 +261,13 @@ impl JmesPath {
             fields
         });
         let direct = Direct::of(expression.as_ast());
+        let filter = Filter::of(expression.as_ast());
         Ok(JmesPath {
             expression,
             projection,
             root_fields,
             direct,
+            filter,
         })
     }
 
@@ -204,12 +284,35 @@ impl JmesPath {
         keys
     }
 
-    /// Evaluates a simple expression directly on the scope's tokens (see [`Direct`]): `None` when
-    /// the expression needs the crate. A `null` result is nothing.
+    /// `SelectTokens` evaluated directly on the scope's tokens (see [`Direct`] and [`Filter`]):
+    /// `None` when the expression needs the crate.
+    pub(super) fn select_direct_all<'a>(&self, scope: &Scope<'a>) -> Option<Result<Selection<'a>, ExpressionError>> {
+        let selected = |tokens: Vec<Cow<'a, JToken>>| Selection::new(tokens.into_iter().map(Selected::Token).collect());
+        if let Some(filter) = &self.filter {
+            return Some(Ok(selected(
+                filter.select(scope).into_iter().map(Cow::Borrowed).collect(),
+            )));
+        }
+        let result = self.select_direct(scope)?;
+        Some(result.map(|token| selected(token.into_iter().collect())))
+    }
+
+    /// `SelectToken` evaluated directly on the scope's tokens (see [`Direct`] and [`Filter`]):
+    /// `None` when the expression needs the crate. A `null` result is nothing.
     pub(super) fn select_direct<'a>(
         &self,
         scope: &Scope<'a>,
     ) -> Option<Result<Option<Cow<'a, JToken>>, ExpressionError>> {
+        if let Some(filter) = &self.filter {
+            // As `select_one`: more than one element is an error; fewer are still an array.
+            let items = filter.select(scope);
+            if items.len() > 1 {
+                return Some(Err(self.multiple_tokens()));
+            }
+            return Some(Ok(Some(Cow::Owned(JToken::Array(
+                items.into_iter().cloned().collect(),
+            )))));
+        }
         let direct = self.direct.as_ref()?;
         Some(
             direct
@@ -254,16 +357,20 @@ impl JmesPath {
                 _ => &[],
             };
             if items.len() > 1 {
-                return Err(ExpressionError::MultipleTokens(format!(
-                    "Multiple tokens were returned using expression {}",
-                    self.as_str()
-                )));
+                return Err(self.multiple_tokens());
             }
             return Ok(Some(JToken::Array(
                 items.iter().map(|item| from_variable(item, dates, &created)).collect(),
             )));
         }
         Ok((!result.is_null()).then(|| from_variable(&result, dates, &created)))
+    }
+
+    fn multiple_tokens(&self) -> ExpressionError {
+        ExpressionError::MultipleTokens(format!(
+            "Multiple tokens were returned using expression {}",
+            self.as_str()
+        ))
     }
 
     /// Runs the expression; also returns the dates the custom functions created.
@@ -691,6 +798,81 @@ mod tests {
         assert!(eval("n", data).unwrap().is_empty());
         assert!(eval("missing", data).unwrap().is_empty());
         assert!(eval("a[*].missing", data).unwrap().is_empty());
+    }
+
+    /// The direct filter projection selects what the crate selects (members here are in
+    /// alphabetical order, the only order the crate's objects keep), singly and as a list.
+    #[test]
+    fn string_filters_are_evaluated_directly_as_the_crate_evaluates_them() {
+        use crate::expr::Expression;
+        let data = parse_token(
+            r#"{"Body":{"readings":[{"pounds":150.5,"type":"weight"},{"type":"height"},null,5,"weight",
+                {"kind":{"name":"weight"},"type":"2019-02-01T22:46:01Z"},{"pounds":1,"type":"weight"}],
+                "one":[{"type":"weight"}],"notArray":{"type":"weight"}},"matchedToken":"shadowed"}"#,
+        )
+        .unwrap();
+        let cases = [
+            "Body.readings[?type == 'weight']",
+            "Body.readings[?'weight' == type]",
+            "Body.readings[?type != 'weight']",
+            "Body.readings[?kind.name == 'weight']",
+            "Body.readings[?type == '2019-02-01T22:46:01Z']",
+            "Body.readings[?type == `\"height\"`]",
+            "Body.one[?type == 'weight']",
+            "Body.notArray[?type == 'weight']",
+            "Body.missing[?type == 'weight']",
+        ];
+        let matched = parse_token(r#"{"readings":[{"type":"weight"},{"type":"weight"}]}"#).unwrap();
+        let cache = JmesCache::default();
+        for (expression, scope) in cases
+            .iter()
+            .map(|expression| (expression.to_string(), Scope::new(&data)))
+            .chain([(
+                "matchedToken.readings[?type == 'weight']".to_string(),
+                Scope::with_matched_token(&data, &matched, &cache),
+            )])
+        {
+            let path = JmesPath::compile(&expression).unwrap();
+            assert!(path.filter.is_some(), "{expression} is evaluated directly");
+            let json = |selection: Selection<'_>| -> Vec<String> {
+                selection
+                    .into_iter()
+                    .map(|selected| selected.as_token().unwrap().to_json())
+                    .collect()
+            };
+            let crate_all = json(
+                scope
+                    .with_jmes_root(&path, |root, dates| path.evaluate(root, dates))
+                    .unwrap(),
+            );
+            assert_eq!(
+                json(path.select_direct_all(&scope).unwrap().unwrap()),
+                crate_all,
+                "{expression}"
+            );
+            let crate_one = scope
+                .with_jmes_root(&path, |root, dates| path.select_one(root, dates))
+                .map(|token| token.map(|token| token.to_json()));
+            let direct_one = path
+                .select_direct(&scope)
+                .unwrap()
+                .map(|token| token.map(|token| token.to_json()));
+            assert_eq!(direct_one, crate_one, "{expression}");
+            let expression = Expression::JmesPath(path);
+            assert_eq!(
+                expression.select_tokens(&scope).unwrap().len(),
+                crate_all.len(),
+                "{expression:?}"
+            );
+        }
+        for expression in [
+            "Body.readings[?pounds > `1`]",
+            "Body.readings[?type == `1`]",
+            "Body.readings[?type]",
+            "Body.readings[*]",
+        ] {
+            assert!(JmesPath::compile(expression).unwrap().filter.is_none(), "{expression}");
+        }
     }
 
     #[test]

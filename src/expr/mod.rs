@@ -104,8 +104,8 @@ impl Expression {
     pub fn select_tokens<'a>(&self, scope: &Scope<'a>) -> Result<Selection<'a>, ExpressionError> {
         match self {
             Expression::JsonPath(path) => path.select(scope),
-            Expression::JmesPath(path) => match path.select_direct(scope) {
-                Some(result) => Ok(Selection::new(result?.into_iter().map(Selected::Token).collect())),
+            Expression::JmesPath(path) => match path.select_direct_all(scope) {
+                Some(result) => result,
                 None => scope.with_jmes_root(path, |root, dates| path.evaluate(root, dates)),
             },
         }
