@@ -3,11 +3,12 @@
 //! required/optional rules, stringification and timestamp conversion of Json.NET's `Value<T>()`.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use compact_str::ToCompactString;
 
 use super::{ContentTemplate, NormalizeError, TemplateKind};
 use crate::expr::{Expression, ExpressionError, JmesCache, Scope, Selected};
 use crate::json::{JToken, format_double, parse_dotnet_datetime};
-use crate::model::{Measurement, MeasurementProperty};
+use crate::model::{Measurement, MeasurementProperty, MeasurementText};
 
 impl ContentTemplate {
     /// Appends one Measurement per token the type match selects.
@@ -102,7 +103,7 @@ trait Blank {
     fn is_blank(&self) -> bool;
 }
 
-impl Blank for String {
+impl Blank for MeasurementText {
     fn is_blank(&self) -> bool {
         self.trim().is_empty()
     }
@@ -185,20 +186,20 @@ fn container_class(token: &JToken) -> Option<&'static str> {
 
 /// `Value<string>()`: strings verbatim, numbers in invariant form, `True`/`False`, dates as
 /// `MM/dd/yyyy HH:mm:ss`; objects and arrays cannot convert.
-fn to_text(found: &Selected<'_>) -> Result<Option<String>, String> {
+fn to_text(found: &Selected<'_>) -> Result<Option<MeasurementText>, String> {
     let token = match found {
         Selected::Property(..) => return Err(cannot_cast("JProperty")),
         Selected::Token(token) => token,
     };
     Ok(match &**token {
         JToken::Null => None,
-        JToken::String(text) => Some(text.to_string()),
-        JToken::Integer(value) => Some(value.to_string()),
-        JToken::BigInteger(digits) => Some(digits.to_string()),
-        JToken::Float(value) => Some(format_double(*value)),
-        JToken::Bool(true) => Some("True".to_string()),
-        JToken::Bool(false) => Some("False".to_string()),
-        JToken::Date(date) => Some(date.to_general_string()),
+        JToken::String(text) => Some(text.clone()),
+        JToken::Integer(value) => Some(value.to_compact_string()),
+        JToken::BigInteger(digits) => Some(digits.clone()),
+        JToken::Float(value) => Some(format_double(*value).into()),
+        JToken::Bool(true) => Some("True".into()),
+        JToken::Bool(false) => Some("False".into()),
+        JToken::Date(date) => Some(date.to_general_string().into()),
         other => return Err(cannot_cast(container_class(other).unwrap_or("JValue"))),
     })
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use crate::expr::{Expression, JmesCache};
 use crate::json::{KeyDigest, ParseError, parse_spanned};
-use crate::model::{DeviceEvent, Measurement};
+use crate::model::{DeviceEvent, Measurement, MeasurementText};
 pub use crate::template::TemplateError;
 
 /// A validated device-mapping template: the templates of a `CollectionContent`, in order.
@@ -72,7 +72,7 @@ impl TemplateKind {
 #[derive(Debug)]
 struct ContentTemplate {
     kind: TemplateKind,
-    type_name: String,
+    type_name: MeasurementText,
     type_match: Expression,
     /// Member names the type match needs; a message lacking any of them cannot match.
     type_match_keys: KeyDigest,
@@ -87,7 +87,7 @@ struct ContentTemplate {
 
 #[derive(Debug)]
 struct ValueTemplate {
-    name: String,
+    name: MeasurementText,
     expression: Expression,
     required: bool,
 }

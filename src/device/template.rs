@@ -291,7 +291,7 @@ fn read_template_body(
             Some(raw) => {
                 if let Some(expression) = compile(raw, default_language, &name, errors) {
                     values.push(ValueTemplate {
-                        name,
+                        name: name.into(),
                         expression,
                         required,
                     });
@@ -303,7 +303,7 @@ fn read_template_body(
     let type_match_keys = KeyDigest::of_names(type_match.required_keys().iter().map(String::as_str));
     Some(ContentTemplate {
         kind,
-        type_name: type_name?,
+        type_name: type_name?.into(),
         type_match,
         type_match_keys,
         device_id: device_id?,

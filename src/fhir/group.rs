@@ -118,14 +118,14 @@ impl ObservationGroup {
             let slot = match self.values.iter().position(|(name, _)| *name == property.name) {
                 Some(slot) => slot,
                 None => {
-                    self.values.push((property.name.clone(), Vec::new()));
+                    self.values.push((property.name.to_string(), Vec::new()));
                     self.values.len() - 1
                 }
             };
             let readings = &mut self.values[slot].1;
             // A time-ordered set: the first value at an instant stays.
             if let Err(at) = readings.binary_search_by(|(time, _)| time.cmp(&measurement.occurrence_time_utc)) {
-                readings.insert(at, (measurement.occurrence_time_utc, property.value.clone()));
+                readings.insert(at, (measurement.occurrence_time_utc, property.value.to_string()));
             }
         }
     }

@@ -6,23 +6,27 @@ use serde_json::Value;
 use super::time::{parse_utc_lenient, write_utc};
 use crate::json::write_json_string;
 
+/// The text of a Measurement's fields: ids, names and values are short, and stored inline they
+/// cost no allocation per Measurement.
+pub type MeasurementText = compact_str::CompactString;
+
 /// One normalized reading set: what a device-mapping template extracts from one matched token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measurement {
     /// The template's `typeName`.
-    pub type_name: String,
+    pub type_name: MeasurementText,
     /// When the reading was taken.
     pub occurrence_time_utc: DateTime<Utc>,
     /// When the source event was enqueued.
     pub ingestion_time_utc: Option<DateTime<Utc>>,
     /// Device identifier from the message.
-    pub device_id: String,
+    pub device_id: MeasurementText,
     /// Patient identifier from the message, if the template extracts one.
-    pub patient_id: Option<String>,
+    pub patient_id: Option<MeasurementText>,
     /// Encounter identifier from the message, if the template extracts one.
-    pub encounter_id: Option<String>,
+    pub encounter_id: Option<MeasurementText>,
     /// Correlation identifier, if the template extracts one.
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<MeasurementText>,
     /// Extracted values, in the template's `values` order.
     pub properties: Vec<MeasurementProperty>,
 }
@@ -31,9 +35,9 @@ pub struct Measurement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeasurementProperty {
     /// The template's `valueName`.
-    pub name: String,
+    pub name: MeasurementText,
     /// The value, stringified as the original did.
-    pub value: String,
+    pub value: MeasurementText,
 }
 
 /// Why a Measurement line could not be read.
@@ -111,10 +115,10 @@ impl Measurement {
                 .map(|(_, value)| value)
                 .filter(|value| !value.is_null())
         };
-        let text = |name: &str| -> Result<Option<String>, MeasurementReadError> {
+        let text = |name: &str| -> Result<Option<MeasurementText>, MeasurementReadError> {
             match field(name) {
                 None => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(Value::String(s)) => Ok(Some(MeasurementText::from(s.as_str()))),
                 Some(other) => Err(MeasurementReadError(format!("{name} must be a string, found {other}"))),
             }
         };
@@ -126,7 +130,7 @@ impl Measurement {
                 })
                 .transpose()
         };
-        let required = |name: &str| -> Result<String, MeasurementReadError> {
+        let required = |name: &str| -> Result<MeasurementText, MeasurementReadError> {
             text(name)?.ok_or_else(|| MeasurementReadError(format!("{name} is required")))
         };
 
@@ -160,14 +164,14 @@ fn read_property(item: &Value) -> Result<MeasurementProperty, MeasurementReadErr
             .map(|(_, value)| value)
     };
     let name = match member("Name") {
-        Some(Value::String(name)) => name.clone(),
+        Some(Value::String(name)) => MeasurementText::from(name.as_str()),
         _ => return Err(MeasurementReadError("each property needs a string Name".into())),
     };
     let value = match member("Value") {
-        Some(Value::String(value)) => value.clone(),
-        Some(Value::Number(number)) => number.to_string(),
-        Some(Value::Bool(true)) => "True".to_string(),
-        Some(Value::Bool(false)) => "False".to_string(),
+        Some(Value::String(value)) => value.as_str().into(),
+        Some(Value::Number(number)) => number.to_string().into(),
+        Some(Value::Bool(true)) => "True".into(),
+        Some(Value::Bool(false)) => "False".into(),
         _ => {
             return Err(MeasurementReadError(format!("property {name:?} needs a string Value")));
         }

@@ -44,15 +44,15 @@ fn measurement(type_name: &str, device: usize, time: DateTime<Utc>, properties: 
         type_name: type_name.into(),
         occurrence_time_utc: time,
         ingestion_time_utc: Some(time + TimeDelta::milliseconds(800)),
-        device_id: format!("monitor-{device:04}"),
-        patient_id: Some(format!("patient-{device:04}")),
+        device_id: format!("monitor-{device:04}").into(),
+        patient_id: Some(format!("patient-{device:04}").into()),
         encounter_id: None,
         correlation_id: None,
         properties: properties
             .iter()
             .map(|(name, value)| MeasurementProperty {
                 name: (*name).into(),
-                value: value.clone(),
+                value: value.as_str().into(),
             })
             .collect(),
     }

@@ -84,13 +84,13 @@ fn round(run: &str, start: DateTime<Utc>) -> Vec<Measurement> {
                 type_name: "heartrate".into(),
                 occurrence_time_utc: time,
                 ingestion_time_utc: Some(time),
-                device_id: device(run, index),
+                device_id: device(run, index).into(),
                 patient_id: None,
                 encounter_id: None,
                 correlation_id: None,
                 properties: vec![MeasurementProperty {
                     name: "hr".into(),
-                    value: (60 + (index as i64 + second) % 40).to_string(),
+                    value: (60 + (index as i64 + second) % 40).to_string().into(),
                 }],
             });
         }

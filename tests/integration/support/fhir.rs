@@ -123,14 +123,14 @@ pub fn measurement(
         occurrence_time_utc: at(time),
         ingestion_time_utc: Some(at(time)),
         device_id: device.into(),
-        patient_id: patient.map(str::to_string),
-        encounter_id: encounter.map(str::to_string),
+        patient_id: patient.map(Into::into),
+        encounter_id: encounter.map(Into::into),
         correlation_id: None,
         properties: properties
             .iter()
             .map(|(name, value)| MeasurementProperty {
                 name: (*name).into(),
-                value: value.clone(),
+                value: value.as_str().into(),
             })
             .collect(),
     }
