@@ -298,6 +298,11 @@ fn write_json_float(value: f64, out: &mut String) {
 /// Writes `value` as a JSON string literal with the minimal escapes.
 pub fn write_json_string(value: &str, out: &mut String) {
     out.push('"');
+    if !value.bytes().any(|byte| byte < 0x20 || byte == b'"' || byte == b'\\') {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (index, byte) in value.bytes().enumerate() {
         let escape = match byte {

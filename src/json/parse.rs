@@ -137,8 +137,17 @@ impl<'a> Parser<'a> {
         self.bytes.get(self.pos).copied()
     }
 
-    /// Skips whitespace and comments.
+    /// Skips whitespace and comments. Machine-written messages seldom have any, so the check
+    /// for none is inlined at every call.
+    #[inline(always)]
     fn skip_whitespace(&mut self) -> Result<(), ParseError> {
+        match self.peek() {
+            Some(b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | b'/') => self.skip_whitespace_and_comments(),
+            _ => Ok(()),
+        }
+    }
+
+    fn skip_whitespace_and_comments(&mut self) -> Result<(), ParseError> {
         loop {
             match self.peek() {
                 Some(b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) => self.pos += 1,
