@@ -238,6 +238,10 @@ fn to_decimal(value: Num) -> Option<Decimal> {
     match value {
         Num::Int(value) => Some(Decimal::from(value)),
         Num::Float(0.0) => Some(Decimal::ZERO),
+        // An integral double below 2^53 is its own shortest form.
+        Num::Float(value) if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 => {
+            Some(Decimal::from(value as i64))
+        }
         Num::Float(value) if value.is_finite() => {
             let (digits, scale) = shortest_digits(value.abs());
             let digits = digits.as_bytes();
@@ -275,7 +279,22 @@ fn decimal_to_f64(value: Decimal) -> Option<f64> {
     if mantissa.unsigned_abs() < (1u128 << 53) && scale < POWERS.len() {
         return Some(mantissa as f64 / POWERS[scale]);
     }
-    value.to_string().parse().ok()
+    // `mantissa`e-`scale` read by the standard library's correctly rounded parser. A decimal's
+    // mantissa is below 2^96 < 10^29, so it is at most two 19-digit halves.
+    const HALF: u128 = 10u128.pow(19);
+    let magnitude = mantissa.unsigned_abs();
+    let (high, low) = ((magnitude / HALF) as u64, (magnitude % HALF) as u64);
+    let mut buffer = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    let sign = if mantissa < 0 { "-" } else { "" };
+    let written = if high > 0 {
+        std::io::Write::write_fmt(&mut cursor, format_args!("{sign}{high}{low:019}e-{scale}"))
+    } else {
+        std::io::Write::write_fmt(&mut cursor, format_args!("{sign}{low}e-{scale}"))
+    };
+    written.ok()?;
+    let length = cursor.position() as usize;
+    std::str::from_utf8(&buffer[..length]).ok()?.parse().ok()
 }
 
 fn as_f64(value: Num) -> f64 {
@@ -407,7 +426,23 @@ mod tests {
         use super::{Num, to_decimal};
         let mut state: u64 = 0x2545_f491_4f6c_dd1d;
         let mut values = vec![
-            98.6, -98.6, 0.45359237, 1e28, 1e29, 7.9e28, 8e28, 1e-28, 1.5e-28, 1e-29, 5e-324, 1e300,
+            98.6,
+            -98.6,
+            333.0,
+            -4.0,
+            9007199254740991.0,
+            9007199254740992.0,
+            1e22,
+            0.45359237,
+            1e28,
+            1e29,
+            7.9e28,
+            8e28,
+            1e-28,
+            1.5e-28,
+            1e-29,
+            5e-324,
+            1e300,
         ];
         for _ in 0..20_000 {
             state ^= state << 13;
@@ -430,6 +465,28 @@ mod tests {
                     "{value:e}"
                 );
             }
+        }
+    }
+
+    /// Decimals convert to the double nearest to them, as reading their text does.
+    #[test]
+    fn decimals_convert_to_the_nearest_double() {
+        use rust_decimal::Decimal;
+
+        use super::decimal_to_f64;
+        let mut state: u64 = 0x853c_49e6_748f_ea9b;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mantissa = (i128::from(state) << 32 | i128::from(state >> 16)) % 10i128.pow(1 + (state % 28) as u32);
+            let mantissa = if state % 3 == 0 { -mantissa } else { mantissa };
+            let decimal = Decimal::from_i128_with_scale(mantissa, (state >> 58) as u32 % 29);
+            assert_eq!(
+                decimal_to_f64(decimal),
+                decimal.to_string().parse::<f64>().ok(),
+                "{decimal}"
+            );
         }
     }
 
