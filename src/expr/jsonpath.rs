@@ -983,14 +983,30 @@ impl<'a> Context<'a> {
             visit: &mut impl FnMut(Node<'a>) -> EvalResult<()>,
         ) -> EvalResult<()> {
             context.spend(1)?;
-            match token {
+            let children: &'a [JToken] = match token {
                 JToken::Object(object) => {
                     visit(Node::Value(token))?;
-                    object.values().try_for_each(|value| walk(context, value, visit))
+                    return walk_values(context, object.values(), visit);
                 }
-                JToken::Array(items) => items.iter().try_for_each(|item| walk(context, item, visit)),
-                _ => Ok(()),
+                JToken::Array(items) => items,
+                _ => return Ok(()),
+            };
+            walk_values(context, children.iter(), visit)
+        }
+        /// Scalars are counted against the budget in one go; only containers are descended.
+        fn walk_values<'a>(
+            context: &Context<'a>,
+            values: impl ExactSizeIterator<Item = &'a JToken>,
+            visit: &mut impl FnMut(Node<'a>) -> EvalResult<()>,
+        ) -> EvalResult<()> {
+            let mut scalars = 0;
+            for value in values {
+                match value {
+                    JToken::Object(_) | JToken::Array(_) => walk(context, value, visit)?,
+                    _ => scalars += 1,
+                }
             }
+            context.spend(scalars)
         }
         match node {
             Node::Value(token) => walk(self, token, visit),
