@@ -71,9 +71,8 @@ impl JsonDate {
             kind: DateKind::Utc,
             source: "".into(),
         };
-        let source = date.to_iso_utc();
         Some(JsonDate {
-            source: source.into(),
+            source: date.to_iso_utc(),
             ..date
         })
     }
@@ -112,13 +111,21 @@ impl JsonDate {
         self.to_utc().format("%m/%d/%Y %H:%M:%S").to_string()
     }
 
-    fn to_iso_utc(&self) -> String {
-        crate::model::format_utc(self.to_utc())
+    fn to_iso_utc(&self) -> JString {
+        crate::model::time::utc_text(self.to_utc())
     }
 }
 
 /// Converts .NET ticks to a UTC instant.
 pub(crate) fn ticks_to_utc(ticks: i64) -> DateTime<Utc> {
+    if (0..=MAX_TICKS).contains(&ticks) {
+        let unix = ticks - UNIX_EPOCH_TICKS;
+        let seconds = unix.div_euclid(TICKS_PER_SECOND);
+        let nanos = (unix.rem_euclid(TICKS_PER_SECOND) * 100) as u32;
+        if let Some(time) = DateTime::from_timestamp(seconds, nanos) {
+            return time;
+        }
+    }
     let days = ticks.div_euclid(TICKS_PER_DAY);
     let rest = ticks.rem_euclid(TICKS_PER_DAY);
     let date = i32::try_from(days + 1)
@@ -300,6 +307,27 @@ fn parse_iso(text: &[u8]) -> Option<(i64, DateKind)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ticks convert through Unix time as they do through the proleptic calendar.
+    #[test]
+    fn ticks_convert_like_calendar_days() {
+        let mut state: u64 = 0x243f_6a88_85a3_08d3;
+        for ticks in (0..20_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % (MAX_TICKS as u64 + 1)) as i64
+            })
+            .chain([0, MAX_TICKS, UNIX_EPOCH_TICKS, UNIX_EPOCH_TICKS - 1])
+        {
+            let days = ticks.div_euclid(TICKS_PER_DAY);
+            let date = NaiveDate::from_num_days_from_ce_opt(i32::try_from(days + 1).unwrap()).unwrap();
+            let expected =
+                (NaiveDateTime::from(date) + TimeDelta::nanoseconds(ticks.rem_euclid(TICKS_PER_DAY) * 100)).and_utc();
+            assert_eq!(ticks_to_utc(ticks), expected, "{ticks}");
+        }
+    }
 
     fn iso(text: &str) -> Option<String> {
         JsonDate::detect(text).map(|d| format!("{:?} {}", d.kind(), crate::model::format_utc(d.to_utc())))

@@ -4,7 +4,7 @@
 mod device_event;
 mod measurement;
 mod partition_key;
-mod time;
+pub(crate) mod time;
 
 pub use device_event::{DeviceEvent, ENQUEUED_TIME_PROPERTIES, EventFormat, EventParseError};
 pub use measurement::{Measurement, MeasurementProperty, MeasurementReadError, MeasurementText};

@@ -12,6 +12,10 @@ pub fn format_utc(time: DateTime<Utc>) -> String {
 
 /// Appends [`format_utc`]'s form of `time` to `out`.
 pub fn write_utc(time: DateTime<Utc>, out: &mut String) {
+    out.push_str(utc_timestamp(time).as_str());
+}
+
+fn utc_timestamp(time: DateTime<Utc>) -> Timestamp {
     let time = time.naive_utc();
     let mut text = Timestamp::new(time);
     let mut nanos = time.nanosecond() % 1_000_000_000;
@@ -25,7 +29,12 @@ pub fn write_utc(time: DateTime<Utc>, out: &mut String) {
         text.push_digits(nanos, width);
     }
     text.push(b'Z');
-    text.write_to(out);
+    text
+}
+
+/// [`format_utc`]'s form of `time`, stored inline.
+pub(crate) fn utc_text(time: DateTime<Utc>) -> compact_str::CompactString {
+    utc_timestamp(time).as_str().into()
 }
 
 /// .NET's round-trip format `"o"` for a UTC `DateTime`: always seven fraction digits
@@ -36,9 +45,7 @@ pub fn format_round_trip(time: DateTime<Utc>) -> String {
     text.push(b'.');
     text.push_digits((time.nanosecond() % 1_000_000_000) / 100, 7);
     text.push(b'Z');
-    let mut out = String::with_capacity(28);
-    text.write_to(&mut out);
-    out
+    text.as_str().to_string()
 }
 
 /// A timestamp's text built on the stack: this runs twice for every Measurement written.
@@ -82,8 +89,8 @@ impl Timestamp {
         self.len += width;
     }
 
-    fn write_to(&self, out: &mut String) {
-        out.push_str(std::str::from_utf8(&self.bytes[..self.len]).expect("ASCII digits"));
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("ASCII digits")
     }
 }
 
