@@ -480,7 +480,7 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let mantissa = (i128::from(state) << 32 | i128::from(state >> 16)) % 10i128.pow(1 + (state % 28) as u32);
-            let mantissa = if state % 3 == 0 { -mantissa } else { mantissa };
+            let mantissa = if state.is_multiple_of(3) { -mantissa } else { mantissa };
             let decimal = Decimal::from_i128_with_scale(mantissa, (state >> 58) as u32 % 29);
             assert_eq!(
                 decimal_to_f64(decimal),
