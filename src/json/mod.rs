@@ -400,7 +400,7 @@ mod tests {
             let bytes: Vec<u8> = (0..length)
                 .map(|i| {
                     let pick = (state >> (i % 8 * 8)) as usize + i;
-                    if pick % 5 == 0 {
+                    if pick.is_multiple_of(5) {
                         pool[pick / 5 % pool.len()]
                     } else {
                         b'a' + (pick % 26) as u8
