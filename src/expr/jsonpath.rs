@@ -88,6 +88,12 @@ impl JsonPath {
         }
         let context = Context::of(scope);
         let start = context.root_node();
+        if let [PathFilter::QueryScan(query)] = self.filters.as_slice()
+            && query.objects_only
+        {
+            // The usual type match, `$..[?(@field)]`: results straight from the scan.
+            return scan_objects(query, &context, start).map_err(ExpressionError::Evaluate);
+        }
         let nodes = evaluate(&self.filters, &context, vec![start]).map_err(ExpressionError::Evaluate)?;
         Ok(Selection::new(
             nodes.into_iter().map(|node| node.into_selected(&context)).collect(),
@@ -1180,6 +1186,19 @@ fn evaluate<'a>(
         current = next;
     }
     Ok(current)
+}
+
+/// [`evaluate`] of a lone objects-only scan from `start`, building the selection directly.
+fn scan_objects<'a>(query: &Query, context: &Context<'a>, start: Node<'a>) -> EvalResult<Selection<'a>> {
+    let mut selected = Vec::new();
+    context.for_each_object(start, &mut |object| {
+        if is_match(&query.expression, context, object)? {
+            selected.push(object.into_selected(context));
+        }
+        Ok(())
+    })?;
+    context.spend(selected.len())?;
+    Ok(Selection::new(selected))
 }
 
 fn array_index(node: Node<'_>, index: i32) -> EvalResult<Option<Node<'_>>> {
