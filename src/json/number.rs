@@ -80,24 +80,34 @@ pub(crate) fn shortest_digits(value: f64) -> (Digits, i32) {
 /// The significant digits and .NET scale of a decimal text in any layout (`12.34`, `0.001234`,
 /// `5e+02`, `1.2E-7`).
 fn read_scientific(text: &str) -> (Digits, i32) {
-    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
-        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i32>().expect("a decimal exponent")),
-        None => (text, 0),
-    };
-    let before_point = mantissa.find('.').unwrap_or(mantissa.len()) as i32;
+    let bytes = text.as_bytes();
     let mut digits = Digits::default();
-    let mut leading_zeros = 0;
-    for byte in mantissa.bytes().filter(u8::is_ascii_digit) {
-        if digits.len == 0 && byte == b'0' {
-            leading_zeros += 1;
-        } else {
-            digits.push(byte);
+    let (mut seen, mut leading_zeros, mut before_point) = (0, 0, None);
+    let mut index = 0;
+    while let Some(&byte) = bytes.get(index) {
+        match byte {
+            b'0' if digits.len == 0 => leading_zeros += 1,
+            b'0'..=b'9' => digits.push(byte),
+            b'.' => before_point = Some(seen),
+            b'e' | b'E' => break,
+            _ => {}
         }
+        seen += i32::from(byte.is_ascii_digit());
+        index += 1;
     }
+    let exponent = bytes.get(index + 1..).map_or(0, |rest| {
+        let (negative, rest) = match rest.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            Some((b'+', rest)) => (false, rest),
+            _ => (false, rest),
+        };
+        let magnitude = rest.iter().fold(0i32, |sum, &digit| sum * 10 + i32::from(digit - b'0'));
+        if negative { -magnitude } else { magnitude }
+    });
     while digits.len > 1 && digits.bytes[digits.len - 1] == b'0' {
         digits.len -= 1;
     }
-    (digits, before_point + exponent - leading_zeros)
+    (digits, before_point.unwrap_or(seen) + exponent - leading_zeros)
 }
 
 /// Up to 32 ASCII digits on the stack.
