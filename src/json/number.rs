@@ -11,49 +11,54 @@ pub fn format_double(value: f64) -> String {
     if value.is_infinite() {
         return if value > 0.0 { "Infinity" } else { "-Infinity" }.to_string();
     }
-    let mut out = String::with_capacity(24);
+    // At most: sign, 17 digits, point, 3 zeros (scale >= -3), exponent `E+308`.
+    let mut out = [0u8; 40];
+    let mut len = 0;
+    let mut push = |byte: u8| {
+        out[len] = byte;
+        len += 1;
+    };
     if value.is_sign_negative() {
-        out.push('-');
+        push(b'-');
     }
     if value == 0.0 {
-        out.push('0');
-        return out;
-    }
-    let (digits, scale) = shortest_digits(value.abs());
-    let digits = digits.as_bytes();
-    let max_digits = (digits.len() as i32).max(17);
-    let use_exponent = scale > max_digits || scale < -3;
-    let mut point = if use_exponent { 1 } else { scale };
-
-    let mut next = digits.iter();
-    if point > 0 {
-        while point > 0 {
-            out.push(next.next().map_or('0', |&d| d as char));
-            point -= 1;
-        }
+        push(b'0');
     } else {
-        out.push('0');
-    }
-    let rest = next.as_slice();
-    if !rest.is_empty() || point < 0 {
-        out.push('.');
-        while point < 0 {
-            out.push('0');
-            point += 1;
+        let (digits, scale) = shortest_digits(value.abs());
+        let digits = digits.as_bytes();
+        let max_digits = (digits.len() as i32).max(17);
+        let use_exponent = scale > max_digits || scale < -3;
+        let mut point = if use_exponent { 1 } else { scale };
+        let mut next = digits.iter();
+        if point > 0 {
+            while point > 0 {
+                push(next.next().copied().unwrap_or(b'0'));
+                point -= 1;
+            }
+        } else {
+            push(b'0');
         }
-        out.extend(rest.iter().map(|&d| d as char));
-    }
-    if use_exponent {
-        let shown = scale - 1;
-        out.push('E');
-        out.push(if shown < 0 { '-' } else { '+' });
-        let magnitude = shown.unsigned_abs();
-        if magnitude < 10 {
-            out.push('0');
+        let rest = next.as_slice();
+        if !rest.is_empty() || point < 0 {
+            push(b'.');
+            while point < 0 {
+                push(b'0');
+                point += 1;
+            }
+            rest.iter().for_each(|&digit| push(digit));
         }
-        out.push_str(itoa(magnitude, &mut [0u8; 10]));
+        if use_exponent {
+            let shown = scale - 1;
+            push(b'E');
+            push(if shown < 0 { b'-' } else { b'+' });
+            let magnitude = shown.unsigned_abs();
+            if magnitude < 10 {
+                push(b'0');
+            }
+            itoa(magnitude, &mut [0u8; 10]).bytes().for_each(&mut push);
+        }
     }
-    out
+    std::str::from_utf8(&out[..len]).expect("ASCII").to_string()
 }
 
 /// The shortest round-trip significant digits of a positive finite double, and its .NET "scale"
