@@ -53,24 +53,6 @@ fn two_digits(value: u32) -> [u8; 2] {
     [b'0' + (value / 10) as u8, b'0' + (value % 10) as u8]
 }
 
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`):
-/// cheaper than asking chrono for the year, month and day one by one.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    } as u32;
-    (year_of_era + era * 400 + i64::from(month <= 2), month, day)
-}
-
 /// A timestamp's text built on the stack: this runs twice for every Measurement written.
 struct Timestamp {
     bytes: [u8; 40],
@@ -81,9 +63,8 @@ impl Timestamp {
     /// `yyyy-MM-ddTHH:mm:ss` (years beyond four digits keep all of them).
     fn new(time: NaiveDateTime) -> Self {
         let mut text = Timestamp { bytes: [0; 40], len: 0 };
-        let seconds = time.and_utc().timestamp();
-        let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-        let of_day = seconds.rem_euclid(86_400) as u32;
+        let (year, month, day) = (i64::from(time.year()), time.month(), time.day());
+        let of_day = time.num_seconds_from_midnight();
         match year {
             0..=9999 => {
                 let year = year as u32;
