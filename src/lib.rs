@@ -26,3 +26,5 @@ pub mod model;
 pub mod pipeline;
 pub mod telemetry;
 pub mod template;
+#[cfg(test)]
+mod test_support;

@@ -445,9 +445,7 @@ mod tests {
             1e300,
         ];
         for _ in 0..20_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            crate::test_support::xorshift(&mut state);
             values.push(f64::from_bits(state));
             // Readings as devices send them: a few digits at an ordinary magnitude.
             let sign = if state.is_multiple_of(2) { "" } else { "-" };
@@ -476,9 +474,7 @@ mod tests {
         use super::decimal_to_f64;
         let mut state: u64 = 0x853c_49e6_748f_ea9b;
         for _ in 0..20_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            crate::test_support::xorshift(&mut state);
             let mantissa = (i128::from(state) << 32 | i128::from(state >> 16)) % 10i128.pow(1 + (state % 28) as u32);
             let mantissa = if state.is_multiple_of(3) { -mantissa } else { mantissa };
             let decimal = Decimal::from_i128_with_scale(mantissa, (state >> 58) as u32 % 29);

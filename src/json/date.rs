@@ -314,9 +314,7 @@ mod tests {
         let mut state: u64 = 0x243f_6a88_85a3_08d3;
         for ticks in (0..20_000)
             .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
+                crate::test_support::xorshift(&mut state);
                 (state % (MAX_TICKS as u64 + 1)) as i64
             })
             .chain([0, MAX_TICKS, UNIX_EPOCH_TICKS, UNIX_EPOCH_TICKS - 1])

@@ -393,9 +393,7 @@ mod tests {
             b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x5b, 0x5d, 0x7f, 0x80, 0xa2, 0xdc, 0xff,
         ];
         for _ in 0..50_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            crate::test_support::xorshift(&mut state);
             let length = (state % 24) as usize;
             let bytes: Vec<u8> = (0..length)
                 .map(|i| {

@@ -192,9 +192,7 @@ mod tests {
     fn agrees_with_std_shortest_digits() {
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            crate::test_support::xorshift(&mut state);
             // Random bits (mostly 17-digit forms) and short decimals (the fast path).
             let short = format!("{}e{}", state % 10u64.pow(1 + (state % 15) as u32), (state >> 40) % 80)
                 .parse::<f64>()

@@ -157,9 +157,7 @@ mod tests {
         let earliest = utc("0001-01-01T00:00:00Z").timestamp();
         let latest = utc("9999-12-31T23:59:59Z").timestamp();
         for index in 0..20_000u32 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            crate::test_support::xorshift(&mut state);
             let seconds = earliest + (state % (latest - earliest) as u64) as i64;
             let nanos = (state >> 20) as u32 % 1_000_000_000 / 10u32.pow(index % 10);
             let time = DateTime::from_timestamp(seconds, nanos).unwrap();
