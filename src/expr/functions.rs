@@ -237,8 +237,7 @@ fn decimal_op(a: Num, b: Num, op: impl Fn(Decimal, Decimal) -> Option<Decimal>) 
 fn to_decimal(value: Num) -> Option<Decimal> {
     match value {
         Num::Int(value) => Some(Decimal::from(value)),
-        Num::Float(0.0) => Some(Decimal::ZERO),
-        // An integral double below 2^53 is its own shortest form.
+        // An integral double below 2^53 (zero included) is its own shortest form.
         Num::Float(value) if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 => {
             Some(Decimal::from(value as i64))
         }

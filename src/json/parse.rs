@@ -495,14 +495,9 @@ impl Builder for TokenBuilder {
 /// Longest integer literal Json.NET reads (`MaximumJavascriptIntegerCharacterLength`).
 const MAX_INTEGER_LENGTH: usize = 380;
 
-/// Classifies a number literal the way Json.NET's reader does; `None` when it is not one.
+/// Classifies a number literal the way Json.NET's reader does; `None` when it is not one. `NaN`
+/// and the infinities are words, read by `Parser::number` before this is asked.
 fn number_token(text: &str) -> Option<JToken> {
-    match text {
-        "NaN" => return Some(JToken::Float(f64::NAN)),
-        "Infinity" => return Some(JToken::Float(f64::INFINITY)),
-        "-Infinity" => return Some(JToken::Float(f64::NEG_INFINITY)),
-        _ => {}
-    }
     let bytes = text.as_bytes();
     if bytes.len() > 1 && bytes[0] == b'0' && !matches!(bytes[1], b'.' | b'e' | b'E') {
         let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
