@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde_json::Number;
 
 use crate::json::JsonDate;
-use crate::json::number::shortest_digits;
+use crate::json::number::{short_form, shortest_digits};
 
 /// The custom functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +229,7 @@ fn arithmetic(
 
 /// The operation on exact decimals of both operands, when they and the result fit `decimal`.
 fn decimal_op(a: Num, b: Num, op: impl Fn(Decimal, Decimal) -> Option<Decimal>) -> Option<f64> {
-    decimal_to_f64(op(to_decimal(a)?, to_decimal(b)?)?)
+    Some(decimal_to_f64(op(to_decimal(a)?, to_decimal(b)?)?))
 }
 
 /// The decimal with the same digits as the shortest text of `value` (what `Decimal::from_scientific`
@@ -242,6 +242,15 @@ fn to_decimal(value: Num) -> Option<Decimal> {
             Some(Decimal::from(value as i64))
         }
         Num::Float(value) if value.is_finite() => {
+            if let Some((mantissa, exponent)) = short_form(value.abs()) {
+                // At most 15 digits and exponents from -22 up: always within `decimal`'s range.
+                let decimal = if exponent >= 0 {
+                    Decimal::from(mantissa * 10u64.pow(exponent as u32))
+                } else {
+                    Decimal::from_i128_with_scale(i128::from(mantissa), exponent.unsigned_abs())
+                };
+                return Some(if value < 0.0 { -decimal } else { decimal });
+            }
             let (digits, scale) = shortest_digits(value.abs());
             let digits = digits.as_bytes();
             let mantissa = digits
@@ -267,33 +276,46 @@ fn to_decimal(value: Num) -> Option<Decimal> {
 }
 
 /// The nearest double. Mantissas below 2^53 with scales up to 22 convert exactly and divide
-/// with one correctly rounded operation; others go through text.
-fn decimal_to_f64(value: Decimal) -> Option<f64> {
+/// with one correctly rounded operation; others are divided exactly in integers.
+fn decimal_to_f64(value: Decimal) -> f64 {
     const POWERS: [f64; 23] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
         1e20, 1e21, 1e22,
     ];
     let mantissa = value.mantissa();
-    let scale = value.scale() as usize;
-    if mantissa.unsigned_abs() < (1u128 << 53) && scale < POWERS.len() {
-        return Some(mantissa as f64 / POWERS[scale]);
+    let scale = value.scale();
+    if mantissa.unsigned_abs() < (1u128 << 53) && (scale as usize) < POWERS.len() {
+        return mantissa as f64 / POWERS[scale as usize];
     }
-    // `mantissa`e-`scale` read by the standard library's correctly rounded parser. A decimal's
-    // mantissa is below 2^96 < 10^29, so it is at most two 19-digit halves.
-    const HALF: u128 = 10u128.pow(19);
-    let magnitude = mantissa.unsigned_abs();
-    let (high, low) = ((magnitude / HALF) as u64, (magnitude % HALF) as u64);
-    let mut buffer = [0u8; 48];
-    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-    let sign = if mantissa < 0 { "-" } else { "" };
-    let written = if high > 0 {
-        std::io::Write::write_fmt(&mut cursor, format_args!("{sign}{high}{low:019}e-{scale}"))
-    } else {
-        std::io::Write::write_fmt(&mut cursor, format_args!("{sign}{low}e-{scale}"))
-    };
-    written.ok()?;
-    let length = cursor.position() as usize;
-    std::str::from_utf8(&buffer[..length]).ok()?.parse().ok()
+    if mantissa == 0 {
+        return 0.0;
+    }
+    let magnitude = nearest_double(mantissa.unsigned_abs(), scale);
+    if mantissa < 0 { -magnitude } else { magnitude }
+}
+
+/// The double nearest to `mantissa` / 10^`scale`, for a decimal's mantissa (nonzero, below 2^96)
+/// and scale (at most 28), rounding ties to even.
+///
+/// As 10^scale = 5^scale × 2^scale, it is the nearest double to `mantissa` / 5^scale, scaled by
+/// an exact power of two. The mantissa is shifted to fill 127 bits, so dividing it by 5^scale
+/// (below 2^66) leaves a quotient of more than 60 bits; its top 53 bits, the bits below them
+/// and whether the division left a remainder decide the rounding.
+fn nearest_double(mantissa: u128, scale: u32) -> f64 {
+    let shift = mantissa.leading_zeros() - 1;
+    let dividend = mantissa << shift;
+    let divisor = 5u128.pow(scale);
+    let quotient = dividend / divisor;
+    let inexact = quotient * divisor != dividend;
+    let dropped = (128 - quotient.leading_zeros()) - 53;
+    let mut significand = (quotient >> dropped) as u64;
+    let below = quotient & ((1 << dropped) - 1);
+    let half = 1 << (dropped - 1);
+    if below > half || (below == half && (inexact || significand & 1 == 1)) {
+        significand += 1;
+    }
+    let exponent = dropped as i32 - shift as i32 - scale as i32;
+    significand as f64 * f64::from_bits(((1023 + exponent) as u64) << 52)
 }
 
 fn as_f64(value: Num) -> f64 {
@@ -465,21 +487,32 @@ mod tests {
         }
     }
 
-    /// Decimals convert to the double nearest to them, as reading their text does.
+    /// Decimals convert to the double nearest to them, as reading their text does: random
+    /// decimals of every length and scale, quotients as `divide` makes them, and decimals
+    /// exactly halfway between two doubles (ties go to the even one).
     #[test]
     fn decimals_convert_to_the_nearest_double() {
         use rust_decimal::Decimal;
 
         use super::decimal_to_f64;
+        let mut decimals = Vec::new();
         let mut state: u64 = 0x853c_49e6_748f_ea9b;
         for _ in 0..20_000 {
             crate::test_support::xorshift(&mut state);
             let mantissa = (i128::from(state) << 32 | i128::from(state >> 16)) % 10i128.pow(1 + (state % 28) as u32);
             let mantissa = if state.is_multiple_of(3) { -mantissa } else { mantissa };
-            let decimal = Decimal::from_i128_with_scale(mantissa, (state >> 58) as u32 % 29);
+            decimals.push(Decimal::from_i128_with_scale(mantissa, (state >> 58) as u32 % 29));
+            let dividend = Decimal::from(state % 1_000_000_007) / Decimal::from(1 + (state >> 40) % 1000);
+            decimals.push(dividend / Decimal::from(1 + (state >> 20) % 97));
+        }
+        for above in [1, 3, 5, 7] {
+            // (2^54 + above) / 2: halfway between the doubles 2^53 + above / 2 ± 1/2.
+            decimals.push(Decimal::from_i128_with_scale(((1i128 << 54) + above) * 5, 1));
+        }
+        for decimal in decimals {
             assert_eq!(
                 decimal_to_f64(decimal),
-                decimal.to_string().parse::<f64>().ok(),
+                decimal.to_string().parse::<f64>().unwrap(),
                 "{decimal}"
             );
         }
