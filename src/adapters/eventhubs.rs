@@ -36,7 +36,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::json::{JObject, JToken, JsonDate};
-use crate::model::{Measurement, partition_key};
+use crate::model::{Measurement, MeasurementWriter, partition_key};
 use crate::pipeline::deadletter::Origin;
 use crate::pipeline::ports::{MeasurementSink, PartitionSource, SourceError, SourceEvent, TransientError};
 
@@ -567,9 +567,12 @@ async fn send_batches(
 impl MeasurementSink for EventHubsSink {
     async fn send(&self, measurements: &[Measurement]) -> Result<Vec<usize>, TransientError> {
         let mut by_key: BTreeMap<String, Vec<(usize, EventData)>> = BTreeMap::new();
+        let mut writer = MeasurementWriter::default();
         for (index, measurement) in measurements.iter().enumerate() {
+            let mut body = String::with_capacity(256);
+            writer.write(measurement, &mut body);
             let event = EventData::builder()
-                .with_body(measurement.to_json().into_bytes())
+                .with_body(body.into_bytes())
                 .with_content_type("application/json".into())
                 .build();
             by_key

@@ -10,7 +10,7 @@ use super::io::{lines, open_errors, open_input, stdout, write_error_record};
 use super::templates::load_device_template;
 use super::{EXIT_OK, EXIT_USAGE, FormatArg, input_path, now};
 use crate::device::NormalizeError;
-use crate::model::{DeviceEvent, EventFormat, EventParseError};
+use crate::model::{DeviceEvent, EventFormat, EventParseError, MeasurementWriter};
 
 /// Arguments of `iomt normalize`.
 #[derive(Debug, Args)]
@@ -50,6 +50,7 @@ pub fn run(args: NormalizeArgs) -> anyhow::Result<u8> {
     let mut errors = open_errors(args.errors.as_deref())?;
     let mut out = stdout();
     let mut buffer = String::with_capacity(4096);
+    let mut writer = MeasurementWriter::default();
     for line in lines(input) {
         let line = line.context("cannot read input")?;
         let outcome = line
@@ -61,7 +62,7 @@ pub fn run(args: NormalizeArgs) -> anyhow::Result<u8> {
             Ok(measurements) => {
                 for measurement in measurements {
                     buffer.clear();
-                    measurement.write_json(&mut buffer);
+                    writer.write(&measurement, &mut buffer);
                     buffer.push('\n');
                     out.write_all(buffer.as_bytes())?;
                 }

@@ -32,6 +32,25 @@ fn utc_timestamp(time: DateTime<Utc>) -> Timestamp {
     text
 }
 
+/// The last time written in [`format_utc`]'s form and its text, reused while the same time
+/// comes again.
+#[derive(Default)]
+pub(crate) struct LastTimestamp(Option<(DateTime<Utc>, Timestamp)>);
+
+impl LastTimestamp {
+    /// Appends [`format_utc`]'s form of `time` to `out`.
+    pub(crate) fn write(&mut self, time: DateTime<Utc>, out: &mut String) {
+        match &self.0 {
+            Some((last, text)) if *last == time => out.push_str(text.as_str()),
+            _ => {
+                let text = utc_timestamp(time);
+                out.push_str(text.as_str());
+                self.0 = Some((time, text));
+            }
+        }
+    }
+}
+
 /// [`format_utc`]'s form of `time`, stored inline.
 pub(crate) fn utc_text(time: DateTime<Utc>) -> compact_str::CompactString {
     utc_timestamp(time).as_str().into()

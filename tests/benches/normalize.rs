@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use iomt_connector::device::DeviceTemplateSet;
-use iomt_connector::model::{DeviceEvent, EventFormat};
+use iomt_connector::model::{DeviceEvent, EventFormat, MeasurementWriter};
 
 const MESSAGES: usize = 30_000;
 const ROUNDS: usize = 7;
@@ -91,11 +91,12 @@ fn corpus() -> Vec<String> {
 fn normalize_all(templates: &DeviceTemplateSet, lines: &[String], now: DateTime<Utc>) -> usize {
     let mut produced = 0;
     let mut out = String::with_capacity(1024);
+    let mut writer = MeasurementWriter::default();
     for line in lines {
         let event = DeviceEvent::parse(line, EventFormat::Envelope).unwrap();
         for measurement in templates.normalize(&event, now).unwrap() {
             out.clear();
-            measurement.write_json(&mut out);
+            writer.write(&measurement, &mut out);
             produced += 1;
         }
         black_box(&out);
@@ -152,9 +153,10 @@ fn breakdown(templates: &DeviceTemplateSet, lines: &[String], now: DateTime<Utc>
         .collect();
     let write = best_of(|| {
         let mut out = String::new();
+        let mut writer = MeasurementWriter::default();
         for measurement in &measurements {
             out.clear();
-            measurement.write_json(&mut out);
+            writer.write(measurement, &mut out);
             black_box(&out);
         }
     });
