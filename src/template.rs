@@ -194,7 +194,7 @@ impl<'a> Members<'a> {
 pub(crate) fn scalar_text(value: &SpannedJson) -> Option<String> {
     match value {
         SpannedJson::String(text) => Some(text.clone()),
-        SpannedJson::Number(JToken::Float(value)) => Some(crate::json::format_double(*value)),
+        SpannedJson::Number(JToken::Float(value)) => Some(crate::json::format_double(*value).into()),
         SpannedJson::Number(number) => Some(number.to_json()),
         SpannedJson::Bool(true) => Some("True".to_string()),
         SpannedJson::Bool(false) => Some("False".to_string()),

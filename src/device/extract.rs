@@ -196,7 +196,7 @@ fn to_text(found: &Selected<'_>) -> Result<Option<MeasurementText>, String> {
         JToken::String(text) => Some(text.clone()),
         JToken::Integer(value) => Some(value.to_compact_string()),
         JToken::BigInteger(digits) => Some(digits.clone()),
-        JToken::Float(value) => Some(format_double(*value).into()),
+        JToken::Float(value) => Some(format_double(*value)),
         JToken::Bool(true) => Some("True".into()),
         JToken::Bool(false) => Some("False".into()),
         JToken::Date(date) => Some(date.to_general_string().into()),

@@ -1671,7 +1671,7 @@ fn to_string(value: Prim<'_>) -> String {
         Prim::Bool(false) => "False".to_string(),
         Prim::Int(value) => value.to_string(),
         Prim::Big(digits) => digits.to_string(),
-        Prim::Float(value) => format_double(value),
+        Prim::Float(value) => format_double(value).into(),
         Prim::Str(text) => text.to_string(),
         Prim::Date(date) => date.to_general_string(),
     }

@@ -3,13 +3,16 @@
 //!
 //! Examples: `98.6`, `65` (for 65.0), `10000000000000000`, `1E+17`, `1E-05`, `0.0001`, `-0`.
 
-/// Formats a double exactly as .NET Core 3.0+ does with the invariant culture.
-pub fn format_double(value: f64) -> String {
+use super::JString;
+
+/// Formats a double exactly as .NET Core 3.0+ does with the invariant culture (inline: at most
+/// 24 bytes, no allocation).
+pub fn format_double(value: f64) -> JString {
     if value.is_nan() {
-        return "NaN".to_string();
+        return JString::const_new("NaN");
     }
     if value.is_infinite() {
-        return if value > 0.0 { "Infinity" } else { "-Infinity" }.to_string();
+        return JString::const_new(if value > 0.0 { "Infinity" } else { "-Infinity" });
     }
     // At most: sign, 17 digits, point, 3 zeros (scale >= -3), exponent `E+308`.
     let mut out = [0u8; 40];
@@ -55,10 +58,10 @@ pub fn format_double(value: f64) -> String {
             if magnitude < 10 {
                 push(b'0');
             }
-            itoa(u64::from(magnitude), &mut [0u8; 20]).bytes().for_each(&mut push);
+            itoa(magnitude, &mut [0u8; 10]).bytes().for_each(&mut push);
         }
     }
-    std::str::from_utf8(&out[..len]).expect("ASCII").to_string()
+    JString::new(std::str::from_utf8(&out[..len]).expect("ASCII"))
 }
 
 /// The shortest round-trip significant digits of a positive finite double, and its .NET "scale"
@@ -73,11 +76,9 @@ pub fn format_double(value: f64) -> String {
 /// library decides (it rounds ties up, as .NET does: `1.6582067800885623e15`, not `…22e15`).
 pub(crate) fn shortest_digits(value: f64) -> (Digits, i32) {
     if let Some((mantissa, exponent)) = short_form(value) {
-        let mut digits = Digits::default();
-        let mut text = [0u8; 20];
-        let text = itoa(mantissa, &mut text);
-        text.bytes().for_each(|digit| digits.push(digit));
-        return (digits, text.len() as i32 + exponent);
+        let digits = Digits::of_integer(mantissa);
+        let count = digits.len as i32;
+        return (digits, count + exponent);
     }
     let mut buffer = ryu::Buffer::new();
     let (digits, scale) = read_scientific(buffer.format_finite(value));
@@ -194,6 +195,21 @@ impl Digits {
         &self.bytes[..self.len]
     }
 
+    /// The decimal digits of `value`.
+    fn of_integer(mut value: u64) -> Self {
+        let mut reversed = Digits::default();
+        loop {
+            reversed.push(b'0' + (value % 10) as u8);
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        let mut digits = Digits::default();
+        reversed.as_bytes().iter().rev().for_each(|&digit| digits.push(digit));
+        digits
+    }
+
     fn push(&mut self, byte: u8) {
         if self.len < self.bytes.len() {
             self.bytes[self.len] = byte;
@@ -202,7 +218,7 @@ impl Digits {
     }
 }
 
-fn itoa(mut value: u64, buffer: &mut [u8; 20]) -> &str {
+fn itoa(mut value: u32, buffer: &mut [u8; 10]) -> &str {
     let mut start = buffer.len();
     loop {
         start -= 1;

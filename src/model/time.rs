@@ -35,16 +35,16 @@ fn utc_timestamp(time: DateTime<Utc>) -> Timestamp {
 /// The last time written in [`format_utc`]'s form and its text, reused while the same time
 /// comes again.
 #[derive(Default)]
-pub(crate) struct LastTimestamp(Option<(DateTime<Utc>, Timestamp)>);
+pub(crate) struct LastTimestamp(Option<(DateTime<Utc>, compact_str::CompactString)>);
 
 impl LastTimestamp {
     /// Appends [`format_utc`]'s form of `time` to `out`.
     pub(crate) fn write(&mut self, time: DateTime<Utc>, out: &mut String) {
         match &self.0 {
-            Some((last, text)) if *last == time => out.push_str(text.as_str()),
+            Some((last, text)) if *last == time => out.push_str(text),
             _ => {
-                let text = utc_timestamp(time);
-                out.push_str(text.as_str());
+                let text = utc_text(time);
+                out.push_str(&text);
                 self.0 = Some((time, text));
             }
         }
