@@ -73,7 +73,7 @@ pub fn format_double(value: f64) -> JString {
 /// wherever no tie can arise: up to 15 significant digits the shortest form is unique (15-digit
 /// decimals are further apart than a double's rounding interval is wide), and a value whose
 /// exact expansion is long cannot lie halfway between two shorter forms. Elsewhere the standard
-/// library decides (it rounds ties up, as .NET does: `1.6582067800885623e15`, not `…22e15`).
+/// library decides (for `1.6582067800885623e15`, `ryu` gives `…22e15`).
 pub(crate) fn shortest_digits(value: f64) -> (Digits, i32) {
     if let Some((mantissa, exponent)) = short_form(value) {
         let digits = Digits::of_integer(mantissa);
