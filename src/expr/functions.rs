@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde_json::Number;
 
 use crate::json::JsonDate;
-use crate::json::number::{short_form, shortest_digits};
+use crate::json::number::{EXACT_POWERS_OF_TEN, short_form, shortest_digits};
 
 /// The custom functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,14 +278,10 @@ fn to_decimal(value: Num) -> Option<Decimal> {
 /// The nearest double. Mantissas below 2^53 with scales up to 22 convert exactly and divide
 /// with one correctly rounded operation; others are divided exactly in integers.
 fn decimal_to_f64(value: Decimal) -> f64 {
-    const POWERS: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
-        1e20, 1e21, 1e22,
-    ];
     let mantissa = value.mantissa();
     let scale = value.scale();
-    if mantissa.unsigned_abs() < (1u128 << 53) && (scale as usize) < POWERS.len() {
-        return mantissa as f64 / POWERS[scale as usize];
+    if mantissa.unsigned_abs() < (1u128 << 53) && (scale as usize) < EXACT_POWERS_OF_TEN.len() {
+        return mantissa as f64 / EXACT_POWERS_OF_TEN[scale as usize];
     }
     if mantissa == 0 {
         return 0.0;

@@ -58,7 +58,10 @@ pub fn format_double(value: f64) -> JString {
             if magnitude < 10 {
                 push(b'0');
             }
-            itoa(magnitude, &mut [0u8; 10]).bytes().for_each(&mut push);
+            Digits::of_integer(u64::from(magnitude))
+                .as_bytes()
+                .iter()
+                .for_each(|&digit| push(digit));
         }
     }
     JString::new(std::str::from_utf8(&out[..len]).expect("ASCII"))
@@ -92,6 +95,12 @@ pub(crate) fn shortest_digits(value: f64) -> (Digits, i32) {
     read_scientific(std::str::from_utf8(&buffer[..written]).expect("ASCII"))
 }
 
+/// The powers of ten a double holds exactly, 10^0 to 10^22.
+pub(crate) const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
+
 /// The shortest decimal of a positive double in `[1e-7, 1e15)` that has at most 15 significant
 /// digits, as `(mantissa, exponent)` with `value` = mantissa × 10^exponent and no trailing zeros
 /// in the mantissa; `None` when the shortest form is longer (or `value` out of that range).
@@ -103,10 +112,6 @@ pub(crate) fn shortest_digits(value: f64) -> (Digits, i32) {
 /// power of ten is one correctly rounded division). Several times faster than `ryu` on short
 /// forms, which it reaches only after removing digits one at a time.
 pub(crate) fn short_form(value: f64) -> Option<(u64, i32)> {
-    const POWERS: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
-        1e20, 1e21, 1e22,
-    ];
     if !(1e-7..1e15).contains(&value) {
         return None;
     }
@@ -114,13 +119,13 @@ pub(crate) fn short_form(value: f64) -> Option<(u64, i32)> {
     // floor(binary_exponent × log10(2)): floor(log10(value)) or one less.
     let decimal_exponent = (binary_exponent * 1233) >> 12;
     let mut power = (14 - decimal_exponent) as usize;
-    let mut scaled = value * POWERS[power];
+    let mut scaled = value * EXACT_POWERS_OF_TEN[power];
     if scaled >= 1e15 {
         power -= 1;
-        scaled = value * POWERS[power];
+        scaled = value * EXACT_POWERS_OF_TEN[power];
     }
     let mut mantissa = scaled.round() as u64;
-    if mantissa as f64 / POWERS[power] != value {
+    if mantissa as f64 / EXACT_POWERS_OF_TEN[power] != value {
         return None;
     }
     let mut exponent = -(power as i32);
@@ -216,19 +221,6 @@ impl Digits {
             self.len += 1;
         }
     }
-}
-
-fn itoa(mut value: u32, buffer: &mut [u8; 10]) -> &str {
-    let mut start = buffer.len();
-    loop {
-        start -= 1;
-        buffer[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buffer[start..]).expect("ASCII digits")
 }
 
 #[cfg(test)]
