@@ -242,32 +242,24 @@ fn to_decimal(value: Num) -> Option<Decimal> {
             Some(Decimal::from(value as i64))
         }
         Num::Float(value) if value.is_finite() => {
-            if let Some((mantissa, exponent)) = short_form(value.abs()) {
-                // At most 15 digits and exponents from -22 up: always within `decimal`'s range.
-                let decimal = if exponent >= 0 {
-                    Decimal::from(mantissa * 10u64.pow(exponent as u32))
-                } else {
-                    Decimal::from_i128_with_scale(i128::from(mantissa), exponent.unsigned_abs())
-                };
-                return Some(if value < 0.0 { -decimal } else { decimal });
-            }
-            let (digits, scale) = shortest_digits(value.abs());
-            let digits = digits.as_bytes();
-            let mantissa = digits
-                .iter()
-                .fold(0i128, |sum, digit| sum * 10 + i128::from(digit - b'0'));
-            // value = mantissa × 10^exponent
-            let exponent = scale - digits.len() as i32;
-            let decimal = if exponent >= 0 {
-                if scale - 1 > 28 {
-                    return None;
+            // value = ±mantissa × 10^exponent
+            let (mantissa, exponent) = match short_form(value.abs()) {
+                Some((mantissa, exponent)) => (i128::from(mantissa), exponent),
+                None => {
+                    let (digits, scale) = shortest_digits(value.abs());
+                    let digits = digits.as_bytes();
+                    let mantissa = digits
+                        .iter()
+                        .fold(0i128, |sum, digit| sum * 10 + i128::from(digit - b'0'));
+                    (mantissa, scale - digits.len() as i32)
                 }
+            };
+            // Beyond 96 bits of mantissa or 28 digits of scale there is no such decimal.
+            let decimal = if exponent >= 0 {
                 let mantissa = mantissa.checked_mul(10i128.checked_pow(exponent as u32)?)?;
                 Decimal::try_from_i128_with_scale(mantissa, 0).ok()?
-            } else if -exponent <= 28 {
-                Decimal::try_from_i128_with_scale(mantissa, (-exponent) as u32).ok()?
             } else {
-                return None;
+                Decimal::try_from_i128_with_scale(mantissa, exponent.unsigned_abs()).ok()?
             };
             Some(if value < 0.0 { -decimal } else { decimal })
         }
