@@ -5,14 +5,7 @@ use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
 /// RFC 3339 in UTC ending in `Z`, sub-second digits kept with trailing zeros trimmed
 /// (`2019-02-01T22:46:01.875Z`, `2019-02-01T22:46:01Z`), as decision P1 specifies.
 pub fn format_utc(time: DateTime<Utc>) -> String {
-    let mut out = String::with_capacity(30);
-    write_utc(time, &mut out);
-    out
-}
-
-/// Appends [`format_utc`]'s form of `time` to `out`.
-pub fn write_utc(time: DateTime<Utc>, out: &mut String) {
-    out.push_str(utc_timestamp(time).as_str());
+    utc_timestamp(time).as_str().to_string()
 }
 
 fn utc_timestamp(time: DateTime<Utc>) -> Timestamp {
