@@ -105,7 +105,7 @@ trait Blank {
 
 impl Blank for MeasurementText {
     fn is_blank(&self) -> bool {
-        self.trim().is_empty()
+        self.chars().all(char::is_whitespace)
     }
 }
 

@@ -104,10 +104,7 @@ impl JsonPath {
     /// allocating. `None` when the path is not of that form or finds nothing.
     pub fn select_fields<'a>(&self, scope: &Scope<'a>) -> Option<Selected<'a>> {
         let context = Context::of(scope);
-        let mut node = context.root_node();
-        for name in self.fields.as_ref()? {
-            node = Node::Value(context.field(node, name)?);
-        }
+        let node = context.fields(context.root_node(), self.fields.as_ref()?)?;
         Some(node.into_selected(&context))
     }
 
@@ -961,6 +958,13 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// The node a path of plain field names leads to from `node` (`node` itself for none).
+    fn fields(&self, node: Node<'a>, names: &[String]) -> Option<Node<'a>> {
+        names
+            .iter()
+            .try_fold(node, |node, name| self.field(node, name).map(Node::Value))
+    }
+
     /// `JToken.Children()`: array elements, object properties, a property's value.
     fn for_each_child(&self, node: Node<'a>, visit: &mut impl FnMut(Node<'a>) -> EvalResult<()>) -> EvalResult<()> {
         match node {
@@ -1270,6 +1274,12 @@ fn is_match<'a>(expression: &QueryExpression, context: &Context<'a>, candidate: 
             }
             Ok(false)
         }
+        // `@x` alone, the usual type match: no operands to gather.
+        QueryExpression::Boolean {
+            left: Side::Fields(names),
+            op: Operator::Exists,
+            ..
+        } => Ok(context.fields(candidate, names).is_some()),
         QueryExpression::Boolean { left, op, right, regex } => {
             let lefts = side_values(left, context, candidate)?;
             if *op == Operator::Exists {
@@ -1319,13 +1329,7 @@ impl<'a> Operands<'a> {
 fn side_values<'a>(side: &'a Side, context: &Context<'a>, candidate: Node<'a>) -> EvalResult<Operands<'a>> {
     Ok(match side {
         Side::Value(literal) => Operands::One(Some(Operand::Literal(literal))),
-        Side::Fields(names) => {
-            let mut node = Some(candidate);
-            for name in names {
-                node = node.and_then(|node| context.field(node, name)).map(Node::Value);
-            }
-            Operands::One(node.map(Operand::Node))
-        }
+        Side::Fields(names) => Operands::One(context.fields(candidate, names).map(Operand::Node)),
         Side::Path(filters) => Operands::Many(
             evaluate(filters, context, vec![candidate])?
                 .into_iter()
