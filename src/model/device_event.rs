@@ -66,6 +66,13 @@ impl DeviceEvent {
     }
 
     fn envelope_with_keys(token: JToken, keys: Option<KeyDigest>) -> Result<Self, String> {
+        if let JToken::Object(object) = &token
+            && is_canonical(object)
+        {
+            // Already the envelope the event keeps: no need to take it apart and rebuild it.
+            let keys = keys.unwrap_or_else(|| KeyDigest::of_token(&token));
+            return Ok(DeviceEvent { keys, envelope: token });
+        }
         let JToken::Object(object) = token else {
             return Err(format!(
                 "An envelope must be a JSON object with Body, Properties and SystemProperties, found {}.",
@@ -142,6 +149,21 @@ impl DeviceEvent {
     }
 }
 
+/// True when `object` is already an envelope as a [`DeviceEvent`] keeps it: exactly `Body`,
+/// `Properties` and `SystemProperties`, in that order, with object bags.
+fn is_canonical(object: &JObject) -> bool {
+    let mut members = object.iter();
+    matches!(
+        (members.next(), members.next(), members.next(), members.next()),
+        (
+            Some((BODY, _)),
+            Some((PROPERTIES, JToken::Object(_))),
+            Some((SYSTEM_PROPERTIES, JToken::Object(_))),
+            None
+        )
+    )
+}
+
 /// Why an input line is not a device event.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EventParseError {
@@ -156,6 +178,34 @@ pub enum EventParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Envelopes in canonical form are kept as parsed; any other layout is rebuilt into it, so
+    /// both give the same event.
+    #[test]
+    fn canonical_and_reordered_envelopes_give_the_same_event() {
+        let canonical = r#"{"Body":{"hr":1},"Properties":{"p":"x"},"SystemProperties":{"s":2}}"#;
+        let variants = [
+            r#"{"SystemProperties":{"s":2},"Body":{"hr":1},"Properties":{"p":"x"}}"#,
+            r#"{"Body":{"hr":1},"Properties":{"p":"x"},"SystemProperties":{"s":2},"Extra":true}"#,
+        ];
+        let expected = DeviceEvent::parse(canonical, EventFormat::Envelope).unwrap();
+        assert_eq!(expected.envelope().to_json(), canonical);
+        for variant in variants {
+            let event = DeviceEvent::parse(variant, EventFormat::Envelope).unwrap();
+            assert_eq!(event.envelope(), expected.envelope(), "{variant}");
+            assert!(event.keys().may_contain_all(expected.keys()), "{variant}");
+        }
+        let from_token = DeviceEvent::from_envelope(crate::json::parse_token(canonical).unwrap()).unwrap();
+        assert_eq!(from_token.keys(), expected.keys());
+        let null_bags = DeviceEvent::parse(
+            r#"{"Body":1,"Properties":null,"SystemProperties":{}}"#,
+            EventFormat::Envelope,
+        );
+        assert_eq!(
+            null_bags.unwrap().envelope().to_json(),
+            r#"{"Body":1,"Properties":{},"SystemProperties":{}}"#
+        );
+    }
 
     #[test]
     fn wraps_a_body_in_the_envelope() {
@@ -182,6 +232,13 @@ mod tests {
             "2019-02-01T22:46:01.875Z"
         );
         assert!(DeviceEvent::parse("[1]", EventFormat::Envelope).is_err());
+        assert!(
+            DeviceEvent::parse(
+                r#"{"Body":1,"Properties":{},"SystemProperties":[]}"#,
+                EventFormat::Envelope
+            )
+            .is_err()
+        );
         assert!(DeviceEvent::parse(r#"{"Properties":1}"#, EventFormat::Envelope).is_err());
     }
 }
