@@ -19,13 +19,11 @@ impl ContentTemplate {
         today: NaiveDate,
         out: &mut Vec<Measurement>,
     ) -> Result<(), NormalizeError> {
-        let matches: Vec<Selected<'_>> = self
+        let matches = self
             .type_match
             .select_tokens(&Scope::cached(envelope, envelope_view))
-            .map_err(|error| expression_failure(&self.type_match, error, "JsonTokens"))?
-            .into_iter()
-            .collect();
-        for matched in &matches {
+            .map_err(|error| expression_failure(&self.type_match, error, "JsonTokens"))?;
+        for matched in matches.iter() {
             let scope = match (self.kind, matched) {
                 (TemplateKind::Calculated, Selected::Token(token)) => {
                     Scope::with_matched_token(envelope, token, envelope_view)

@@ -330,7 +330,7 @@ impl JmesPath {
 
     /// `SelectTokens`: a projection yields each element; anything else one token (`null` yields
     /// nothing).
-    pub fn evaluate(&self, root: &Rcvar, dates: &Dates<'_>) -> Result<Selection<'static>, ExpressionError> {
+    pub fn evaluate<'a>(&self, root: &Rcvar, dates: &Dates<'_>) -> Result<Selection<'a>, ExpressionError> {
         let (result, created) = self.interpret(root)?;
         let convert = |variable: &Rcvar| from_variable(variable, dates, &created);
         let tokens = if self.projection {

@@ -84,7 +84,11 @@ impl JsonPath {
     /// Every token the path selects from the scope, in Json.NET's order.
     pub fn select<'a>(&self, scope: &Scope<'a>) -> Result<Selection<'a>, ExpressionError> {
         if self.fields.is_some() {
-            return Ok(Selection::new(self.select_fields(scope).into_iter().collect()));
+            let mut selected = Selection::default();
+            if let Some(found) = self.select_fields(scope) {
+                selected.push(found);
+            }
+            return Ok(selected);
         }
         let context = Context::of(scope);
         let start = context.root_node();
@@ -1194,7 +1198,7 @@ fn evaluate<'a>(
 
 /// [`evaluate`] of a lone objects-only scan from `start`, building the selection directly.
 fn scan_objects<'a>(query: &Query, context: &Context<'a>, start: Node<'a>) -> EvalResult<Selection<'a>> {
-    let mut selected = Vec::new();
+    let mut selected = Selection::default();
     context.for_each_object(start, &mut |object| {
         if is_match(&query.expression, context, object)? {
             selected.push(object.into_selected(context));
@@ -1202,7 +1206,7 @@ fn scan_objects<'a>(query: &Query, context: &Context<'a>, start: Node<'a>) -> Ev
         Ok(())
     })?;
     context.spend(selected.len())?;
-    Ok(Selection::new(selected))
+    Ok(selected)
 }
 
 fn array_index(node: Node<'_>, index: i32) -> EvalResult<Option<Node<'_>>> {

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ::jmespath::{Rcvar, Variable};
+use smallvec::SmallVec;
 
 use self::jmespath::{Converted, Dates};
 pub use self::jmespath::{JmesCache, JmesPath};
@@ -156,13 +157,13 @@ impl Selected<'_> {
     }
 }
 
-/// Results selected by an expression, in order.
+/// Results selected by an expression, in order. One result is kept inline.
 #[derive(Debug, Default)]
-pub struct Selection<'a>(Vec<Selected<'a>>);
+pub struct Selection<'a>(SmallVec<[Selected<'a>; 1]>);
 
 impl<'a> Selection<'a> {
     /// A selection of built tokens.
-    pub fn owned(tokens: Vec<JToken>) -> Selection<'static> {
+    pub fn owned(tokens: Vec<JToken>) -> Self {
         Selection(
             tokens
                 .into_iter()
@@ -173,7 +174,17 @@ impl<'a> Selection<'a> {
 
     /// A selection of results taken from the data.
     pub fn new(results: Vec<Selected<'a>>) -> Self {
-        Selection(results)
+        Selection(SmallVec::from_vec(results))
+    }
+
+    /// Adds a result after the others.
+    pub(crate) fn push(&mut self, result: Selected<'a>) {
+        self.0.push(result);
+    }
+
+    /// The results, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Selected<'a>> {
+        self.0.iter()
     }
 
     /// Number of tokens.
@@ -189,7 +200,7 @@ impl<'a> Selection<'a> {
 
 impl<'a> IntoIterator for Selection<'a> {
     type Item = Selected<'a>;
-    type IntoIter = std::vec::IntoIter<Selected<'a>>;
+    type IntoIter = smallvec::IntoIter<[Selected<'a>; 1]>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
