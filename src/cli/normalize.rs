@@ -51,18 +51,20 @@ pub fn run(args: NormalizeArgs) -> anyhow::Result<u8> {
     let mut out = stdout();
     let mut buffer = String::with_capacity(4096);
     let mut writer = MeasurementWriter::default();
+    let mut measurements = Vec::new();
     for line in lines(input) {
         let line = line.context("cannot read input")?;
+        measurements.clear();
         let outcome = line
             .text
             .map_err(|detail| NormalizeError::invalid_envelope(&detail))
             .and_then(|text| parse_event(&text, args.format))
-            .and_then(|event| templates.normalize(&event, now));
+            .and_then(|event| templates.normalize_into(&event, now, &mut measurements));
         match outcome {
-            Ok(measurements) => {
-                for measurement in measurements {
+            Ok(()) => {
+                for measurement in &measurements {
                     buffer.clear();
-                    writer.write(&measurement, &mut buffer);
+                    writer.write(measurement, &mut buffer);
                     buffer.push('\n');
                     out.write_all(buffer.as_bytes())?;
                 }

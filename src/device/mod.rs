@@ -201,20 +201,71 @@ impl DeviceTemplateSet {
     /// time when the event carries no enqueued time, and supplies the date for time-only
     /// timestamps.
     pub fn normalize(&self, event: &DeviceEvent, now: DateTime<Utc>) -> Result<Vec<Measurement>, NormalizeError> {
+        let mut measurements = Vec::new();
+        self.normalize_into(event, now, &mut measurements)?;
+        Ok(measurements)
+    }
+
+    /// [`DeviceTemplateSet::normalize`], appending to `out` so that a caller normalizing many
+    /// events reuses one buffer. On error `out` is left as it was.
+    pub fn normalize_into(
+        &self,
+        event: &DeviceEvent,
+        now: DateTime<Utc>,
+        out: &mut Vec<Measurement>,
+    ) -> Result<(), NormalizeError> {
         let envelope = event.envelope();
         let envelope_view = JmesCache::default();
         let today = now.date_naive();
-        let mut measurements = Vec::new();
+        let first = out.len();
         let keys = event.keys();
         for template in &self.templates {
-            if keys.may_contain_all(template.type_match_keys) {
-                template.extract(envelope, &envelope_view, today, &mut measurements)?;
+            if keys.may_contain_all(template.type_match_keys)
+                && let Err(error) = template.extract(envelope, &envelope_view, today, out)
+            {
+                out.truncate(first);
+                return Err(error);
             }
         }
         let ingestion = event.enqueued_time().unwrap_or(now);
-        for measurement in &mut measurements {
+        for measurement in &mut out[first..] {
             measurement.ingestion_time_utc = Some(ingestion);
         }
-        Ok(measurements)
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventFormat;
+
+    /// Appends after what the buffer holds, and on error leaves it exactly as it was, even when
+    /// an earlier template of the failing event already produced a Measurement.
+    #[test]
+    fn normalize_into_appends_or_leaves_the_buffer_alone() {
+        let templates = DeviceTemplateSet::parse(
+            r#"{"templateType":"CollectionContent","template":[
+                {"templateType":"JsonPathContent","template":{"typeName":"hr","typeMatchExpression":"$..[?(@hr)]",
+                 "deviceIdExpression":"$.id","timestampExpression":"$.t","values":[{"required":true,"valueExpression":"$.hr","valueName":"hr"}]}},
+                {"templateType":"JsonPathContent","template":{"typeName":"rr","typeMatchExpression":"$..[?(@rr)]",
+                 "deviceIdExpression":"$.id","timestampExpression":"$.t","values":[{"required":true,"valueExpression":"$.rr","valueName":"rr"}]}}
+            ]}"#,
+        )
+        .unwrap();
+        let now = Utc::now();
+        let event = |body: &str| DeviceEvent::parse(body, EventFormat::Body).unwrap();
+        let good = event(r#"{"id":"d1","t":"2024-03-01T08:00:00Z","hr":61,"rr":12}"#);
+        let mut out = templates.normalize(&good, now).unwrap();
+        assert_eq!(out.len(), 2);
+
+        templates.normalize_into(&good, now, &mut out).unwrap();
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[2..], out[..2]);
+
+        let second_fails = event(r#"{"id":"d1","t":"2024-03-01T08:00:00Z","hr":61,"rr":null}"#);
+        let error = templates.normalize_into(&second_fails, now, &mut out).unwrap_err();
+        assert_eq!(error.kind, NormalizeErrorKind::IncompatibleData);
+        assert_eq!(out.len(), 4);
     }
 }

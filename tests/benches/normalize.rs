@@ -92,11 +92,14 @@ fn normalize_all(templates: &DeviceTemplateSet, lines: &[String], now: DateTime<
     let mut produced = 0;
     let mut out = String::with_capacity(1024);
     let mut writer = MeasurementWriter::default();
+    let mut measurements = Vec::new();
     for line in lines {
         let event = DeviceEvent::parse(line, EventFormat::Envelope).unwrap();
-        for measurement in templates.normalize(&event, now).unwrap() {
+        measurements.clear();
+        templates.normalize_into(&event, now, &mut measurements).unwrap();
+        for measurement in &measurements {
             out.clear();
-            writer.write(&measurement, &mut out);
+            writer.write(measurement, &mut out);
             produced += 1;
         }
         black_box(&out);
