@@ -47,6 +47,7 @@ pub fn device_event(event: &SourceEvent) -> Result<DeviceEvent, NormalizeError> 
 /// Normalizes `events` with `templates`.
 pub fn normalize_events(templates: &DeviceTemplateSet, events: &[SourceEvent], now: DateTime<Utc>) -> Normalized {
     let mut out = Normalized::default();
+    let mut measurements = Vec::new();
     for (index, event) in events.iter().enumerate() {
         if event.body.len() > MAX_EVENT_BYTES {
             let message = format!(
@@ -57,9 +58,11 @@ pub fn normalize_events(templates: &DeviceTemplateSet, events: &[SourceEvent], n
                 .push(dead_letter(event, Stage::Normalize, TOO_LARGE, &message, now));
             continue;
         }
-        match device_event(event).and_then(|device_event| templates.normalize(&device_event, now)) {
-            Ok(measurements) if measurements.is_empty() => out.unmatched += 1,
-            Ok(measurements) => out.measurements.extend(measurements.into_iter().map(|m| (m, index))),
+        match device_event(event)
+            .and_then(|device_event| templates.normalize_into(&device_event, now, &mut measurements))
+        {
+            Ok(()) if measurements.is_empty() => out.unmatched += 1,
+            Ok(()) => out.measurements.extend(measurements.drain(..).map(|m| (m, index))),
             Err(error) => out.dead_letters.push(dead_letter(
                 event,
                 Stage::Normalize,
