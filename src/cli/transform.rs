@@ -137,16 +137,14 @@ pub fn run_map(args: MapArgs) -> anyhow::Result<u8> {
     let input = open_input(input_path(&args.input).map(PathBuf::as_path))?;
     for line in lines(input) {
         let line = line.context("cannot read input")?;
+        let before = measurements.len();
         let outcome = line
             .text
             .map_err(|detail| crate::device::NormalizeError::invalid_envelope(&detail))
             .and_then(|text| parse_event(&text, args.format))
-            .and_then(|event| device_templates.normalize(&event, now));
+            .and_then(|event| device_templates.normalize_into(&event, now, &mut measurements));
         match outcome {
-            Ok(normalized) => {
-                origins.extend(std::iter::repeat_n(line.number, normalized.len()));
-                measurements.extend(normalized);
-            }
+            Ok(()) => origins.extend(std::iter::repeat_n(line.number, measurements.len() - before)),
             Err(error) => records.push((line.number, error.kind.as_str(), error.message)),
         }
     }
