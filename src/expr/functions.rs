@@ -11,6 +11,7 @@
 //! crate's runtime (through [`register_custom_functions`]) and the direct evaluator of simple
 //! expressions.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use jmespath::{Context, ErrorReason, JmespathError, Rcvar, Runtime, Variable};
@@ -88,14 +89,14 @@ impl Custom {
 }
 
 /// An argument, as the functions distinguish them (Json.NET token types).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Arg<'a> {
     /// An integer.
     Int(i64),
     /// A double.
     Float(f64),
     /// A string.
-    Str(&'a str),
+    Str(Cow<'a, str>),
     /// Anything else (null, boolean, array, object, or a number JMESPath cannot hold).
     Other,
 }
@@ -163,7 +164,7 @@ fn variable_arg(variable: &Rcvar) -> Arg<'_> {
     match &**variable {
         Variable::Number(number) if number.is_f64() => Arg::Float(number.as_f64().unwrap_or(f64::NAN)),
         Variable::Number(number) => number.as_i64().map_or(Arg::Other, Arg::Int),
-        Variable::String(text) => Arg::Str(text),
+        Variable::String(text) => Arg::Str(Cow::Borrowed(text)),
         _ => Arg::Other,
     }
 }
@@ -203,8 +204,8 @@ fn integer_arg(name: &str, args: &[Arg<'_>], index: usize) -> Result<i64, String
     }
 }
 
-fn string_arg<'a>(name: &str, args: &[Arg<'a>], index: usize) -> Result<&'a str, String> {
-    match args[index] {
+fn string_arg<'a>(name: &str, args: &'a [Arg<'_>], index: usize) -> Result<&'a str, String> {
+    match &args[index] {
         Arg::Str(value) => Ok(value),
         _ => Err(format!(
             "Error: invalid-type, function {name} expects argument {index} to be one of the following: String"

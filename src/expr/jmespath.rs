@@ -202,7 +202,7 @@ impl Direct {
                     *slot = arg.evaluate(scope)?;
                 }
                 let values = &values[..args.len()];
-                let mut typed = [Arg::Other; 3];
+                let mut typed = [Arg::Other, Arg::Other, Arg::Other];
                 for (slot, value) in typed.iter_mut().zip(values) {
                     *slot = token_arg(value);
                 }
@@ -227,7 +227,7 @@ fn token_arg(token: &JToken) -> Arg<'_> {
             .filter(|v| v.is_finite())
             .map_or(Arg::Other, Arg::Float),
         JToken::Float(value) if value.is_finite() => Arg::Float(*value),
-        JToken::String(text) => Arg::Str(text),
+        JToken::String(text) => Arg::Str(Cow::Borrowed(text)),
         JToken::Date(date) => Arg::Str(date.source()),
         _ => Arg::Other,
     }

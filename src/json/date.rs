@@ -7,6 +7,8 @@
 //! P1 makes that explicit: they become UTC here.
 
 use super::JString;
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
 
 /// .NET ticks (100 ns) per second.
@@ -31,11 +33,19 @@ pub enum DateKind {
 }
 
 /// A date token: a .NET `DateTime` (ticks since 0001-01-01, kind) plus the text it was read from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct JsonDate {
     ticks: i64,
     kind: DateKind,
-    source: JString,
+    /// The text read; `None` for a date made from Unix time, whose text is its ISO UTC form,
+    /// written only when asked for (such dates mostly become a Measurement's time directly).
+    source: Option<JString>,
+}
+
+impl PartialEq for JsonDate {
+    fn eq(&self, other: &Self) -> bool {
+        self.ticks == other.ticks && self.kind == other.kind && self.source() == other.source()
+    }
 }
 
 impl JsonDate {
@@ -47,17 +57,14 @@ impl JsonDate {
         } else if bytes.len() >= 19
             && bytes[0].is_ascii_digit()
             && bytes[10] == b'T'
-            && (19..=40).contains(&text.chars().count())
+            // Counting bytes is counting characters here: an ISO date is ASCII throughout.
+            && bytes.len() <= 40
         {
             parse_iso(bytes)?
         } else {
             return None;
         };
-        Some(JsonDate {
-            ticks,
-            kind,
-            source: text.into(),
-        })
+        Some(JsonDate::new(ticks, kind, text))
     }
 
     /// A UTC date at `ticks`, as produced by `fromUnixTimestamp`.
@@ -66,14 +73,10 @@ impl JsonDate {
             .checked_mul(10_000)?
             .checked_add(UNIX_EPOCH_TICKS)
             .filter(|t| (0..=MAX_TICKS).contains(t))?;
-        let date = JsonDate {
+        Some(JsonDate {
             ticks,
             kind: DateKind::Utc,
-            source: "".into(),
-        };
-        Some(JsonDate {
-            source: date.to_iso_utc(),
-            ..date
+            source: None,
         })
     }
 
@@ -82,7 +85,7 @@ impl JsonDate {
         JsonDate {
             ticks,
             kind,
-            source: source.into(),
+            source: Some(source.into()),
         }
     }
 
@@ -91,9 +94,12 @@ impl JsonDate {
         self.ticks
     }
 
-    /// The text this date was read from.
-    pub fn source(&self) -> &str {
-        &self.source
+    /// The text this date was read from; for a date from Unix time, its ISO UTC form.
+    pub fn source(&self) -> Cow<'_, str> {
+        match &self.source {
+            Some(text) => Cow::Borrowed(text),
+            None => Cow::Owned(crate::model::time::format_utc(self.to_utc())),
+        }
     }
 
     /// The .NET kind of the date.
@@ -109,10 +115,6 @@ impl JsonDate {
     /// `DateTime.ToString(CultureInfo.InvariantCulture)`: `MM/dd/yyyy HH:mm:ss`, no fraction.
     pub fn to_general_string(&self) -> String {
         self.to_utc().format("%m/%d/%Y %H:%M:%S").to_string()
-    }
-
-    fn to_iso_utc(&self) -> JString {
-        crate::model::time::utc_text(self.to_utc())
     }
 }
 
@@ -136,16 +138,43 @@ pub(crate) fn ticks_to_utc(ticks: i64) -> DateTime<Utc> {
     time.and_utc()
 }
 
-/// Ticks of a calendar date-time, or `None` when the date does not exist.
+/// Ticks of a calendar date-time, or `None` when the date does not exist or its year is outside
+/// .NET's 1 to 9999.
 pub(crate) fn civil_ticks(year: i32, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<i64> {
-    let date = NaiveDate::from_ymd_opt(year, month, day)?;
-    let days = i64::from(chrono::Datelike::num_days_from_ce(&date)) - 1;
+    if !is_calendar_date(year, month, day) {
+        return None;
+    }
     Some(
-        days * TICKS_PER_DAY
+        days_since_year_one(year, month, day) * TICKS_PER_DAY
             + i64::from(hour) * TICKS_PER_HOUR
             + i64::from(minute) * TICKS_PER_MINUTE
             + i64::from(second) * TICKS_PER_SECOND,
     )
+}
+
+/// True for an existing proleptic Gregorian date of years 1 to 9999.
+fn is_calendar_date(year: i32, month: u32, day: u32) -> bool {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=9999).contains(&year) && (1..=days_in_month).contains(&day)
+}
+
+/// Days from 0001-01-01 to a valid date (Howard Hinnant's `days_from_civil`, which counts from
+/// 1970-01-01, shifted by the 719,162 days between the two).
+fn days_since_year_one(year: i32, month: u32, day: u32) -> i64 {
+    let (month, day) = (i64::from(month), i64::from(day));
+    let year = i64::from(year) - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468 + 719_162
 }
 
 /// `/Date(ms)/` or `/Date(ms±hhmm)/`: the offset only marks the date local; the instant is `ms`.
@@ -198,7 +227,7 @@ fn parse_iso(text: &[u8]) -> Option<(i64, DateKind)> {
         return None;
     }
     let day = two(8)?;
-    if day < 1 || NaiveDate::from_ymd_opt(year as i32, month, day).is_none() || !is(10, b'T') {
+    if !is_calendar_date(year as i32, month, day) || !is(10, b'T') {
         return None;
     }
     let hour = two(11)?;
@@ -327,6 +356,31 @@ mod tests {
         }
     }
 
+    /// The calendar arithmetic agrees with chrono's on every month of every year .NET allows,
+    /// including the days that do not exist.
+    #[test]
+    fn civil_ticks_agree_with_the_proleptic_calendar() {
+        for year in (-1..=10_000).filter(|y| y % 4 == 0 || y % 97 == 1 || (-1..=2).contains(y) || *y >= 9998) {
+            for month in 0..=13 {
+                for day in 0..=32 {
+                    let expected = NaiveDate::from_ymd_opt(year, month, day)
+                        .filter(|_| (1..=9999).contains(&year))
+                        .map(|date| {
+                            (i64::from(chrono::Datelike::num_days_from_ce(&date)) - 1) * TICKS_PER_DAY
+                                + 13 * TICKS_PER_HOUR
+                                + 7 * TICKS_PER_MINUTE
+                                + 59 * TICKS_PER_SECOND
+                        });
+                    assert_eq!(
+                        civil_ticks(year, month, day, 13, 7, 59),
+                        expected,
+                        "{year}-{month}-{day}"
+                    );
+                }
+            }
+        }
+    }
+
     fn iso(text: &str) -> Option<String> {
         JsonDate::detect(text).map(|d| format!("{:?} {}", d.kind(), crate::model::format_utc(d.to_utc())))
     }
@@ -382,6 +436,16 @@ mod tests {
         assert_eq!(iso("/Date(1625677200000)/").unwrap(), "Utc 2021-07-07T17:00:00Z");
         assert_eq!(iso("/Date(-1000)/").unwrap(), "Utc 1969-12-31T23:59:59Z");
         assert_eq!(iso("/Date(1625677200000+0500)/").unwrap(), "Local 2021-07-07T17:00:00Z");
+    }
+
+    /// A date from Unix time reads back as its ISO UTC text, and equals the date parsed from it.
+    #[test]
+    fn unix_dates_have_iso_source_text() {
+        let date = JsonDate::from_unix_millis(1_626_799_080_123).unwrap();
+        assert_eq!(date.source(), "2021-07-20T16:38:00.123Z");
+        let unread = JsonDate::from_unix_millis(1_626_799_080_123).unwrap();
+        assert_eq!(unread, JsonDate::detect("2021-07-20T16:38:00.123Z").unwrap());
+        assert_ne!(unread, JsonDate::detect("2021-07-20T16:38:00.1230Z").unwrap());
     }
 
     #[test]

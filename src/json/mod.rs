@@ -252,7 +252,7 @@ impl JToken {
             JToken::BigInteger(digits) => out.push_str(digits),
             JToken::Float(value) => write_json_float(*value, out),
             JToken::String(value) => write_json_string(value, out),
-            JToken::Date(date) => write_json_string(date.source(), out),
+            JToken::Date(date) => write_json_string(&date.source(), out),
             JToken::Array(items) => {
                 out.push('[');
                 for (index, item) in items.iter().enumerate() {
