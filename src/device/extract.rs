@@ -120,15 +120,24 @@ fn evaluate<T: Blank>(
     name: &str,
     required: bool,
     expressions: &[Expression],
-    convert: impl Fn(&Selected<'_>) -> Result<Option<T>, String>,
+    convert: impl Fn(&JToken) -> Result<Option<T>, String>,
 ) -> Result<Option<T>, NormalizeError> {
     let mut problems = Vec::new();
     for expression in expressions {
-        let found = expression
-            .select_token(scope)
-            .map_err(|error| expression_failure(expression, error, "JsonToken"))?;
-        let Some(found) = found else { continue };
-        match convert(&found) {
+        // Plain field paths, the usual case, hand over a borrowed token without building a
+        // `Selected`; everything else goes through `select_token`.
+        let converted = match expression.select_field(scope) {
+            Some(token) => convert(token),
+            None => match expression
+                .select_token(scope)
+                .map_err(|error| expression_failure(expression, error, "JsonToken"))?
+            {
+                None => continue,
+                Some(Selected::Property(..)) => Err(cannot_cast("JProperty")),
+                Some(Selected::Token(token)) => convert(&token),
+            },
+        };
+        match converted {
             Ok(value) => {
                 let missing = value.as_ref().is_none_or(Blank::is_blank);
                 if required && missing {
@@ -184,12 +193,8 @@ fn container_class(token: &JToken) -> Option<&'static str> {
 
 /// `Value<string>()`: strings verbatim, numbers in invariant form, `True`/`False`, dates as
 /// `MM/dd/yyyy HH:mm:ss`; objects and arrays cannot convert.
-fn to_text(found: &Selected<'_>) -> Result<Option<MeasurementText>, String> {
-    let token = match found {
-        Selected::Property(..) => return Err(cannot_cast("JProperty")),
-        Selected::Token(token) => token,
-    };
-    Ok(match &**token {
+fn to_text(token: &JToken) -> Result<Option<MeasurementText>, String> {
+    Ok(match token {
         JToken::Null => None,
         JToken::String(text) => Some(text.clone()),
         JToken::Integer(value) => Some(value.to_compact_string()),
@@ -204,12 +209,8 @@ fn to_text(found: &Selected<'_>) -> Result<Option<MeasurementText>, String> {
 
 /// `Value<DateTime?>()`: dates as they are, strings through `DateTime.Parse`; numbers are
 /// rejected (use `fromUnixTimestamp`).
-fn to_timestamp(found: &Selected<'_>, today: NaiveDate) -> Result<Option<DateTime<Utc>>, String> {
-    let token = match found {
-        Selected::Property(..) => return Err(cannot_cast("JProperty")),
-        Selected::Token(token) => token,
-    };
-    match &**token {
+fn to_timestamp(token: &JToken, today: NaiveDate) -> Result<Option<DateTime<Utc>>, String> {
+    match token {
         JToken::Null => Ok(None),
         JToken::Date(date) => Ok(Some(date.to_utc())),
         JToken::String(text) => parse_dotnet_datetime(text, Some(today))

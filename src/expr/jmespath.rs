@@ -322,6 +322,17 @@ impl JmesPath {
         )
     }
 
+    /// The token a plain field chain (`a.b`) finds, borrowed from the data; `None` when the
+    /// expression is not a field chain or finds nothing (`null` included).
+    pub(super) fn select_field<'a>(&self, scope: &Scope<'a>) -> Option<&'a JToken> {
+        match &self.direct {
+            Some(Direct::Fields(names)) if self.filter.is_none() => {
+                field_chain(names, scope).filter(|token| !matches!(token, JToken::Null))
+            }
+            _ => None,
+        }
+    }
+
     /// The root members the expression reads, or `None` when it may read the whole root (it
     /// uses `@` at the root, or a wildcard). Knowing them lets a caller convert only those.
     pub fn root_fields(&self) -> Option<&[String]> {

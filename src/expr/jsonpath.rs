@@ -112,6 +112,17 @@ impl JsonPath {
         Some(node.into_selected(&context))
     }
 
+    /// The token a path of plain field names finds, borrowed from the data; `None` when the
+    /// path is not of that form, finds nothing, or leads to the scope root built with
+    /// `matchedToken`.
+    pub fn select_field<'a>(&self, scope: &Scope<'a>) -> Option<&'a JToken> {
+        let context = Context::of(scope);
+        match context.fields(context.root_node(), self.fields.as_ref()?)? {
+            Node::Value(token) => Some(token),
+            _ => None,
+        }
+    }
+
     /// True when the path is plain field names, so [`JsonPath::select_fields`] answers it.
     pub fn is_field_path(&self) -> bool {
         self.fields.is_some()

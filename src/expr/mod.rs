@@ -112,6 +112,17 @@ impl Expression {
         }
     }
 
+    /// [`Expression::select_token`]'s answer for the common plain field paths (`$.a.b`, `a.b`)
+    /// when it is a token borrowed from the data: found without building a [`Selected`].
+    /// `None` when the expression is of another form or finds nothing; `select_token` decides
+    /// then.
+    pub fn select_field<'a>(&self, scope: &Scope<'a>) -> Option<&'a JToken> {
+        match self {
+            Expression::JsonPath(path) => path.select_field(scope),
+            Expression::JmesPath(path) => path.select_field(scope),
+        }
+    }
+
     /// `SelectToken`: the one token the expression yields, `None` when nothing matches, an error
     /// when it yields several.
     pub fn select_token<'a>(&self, scope: &Scope<'a>) -> Result<Option<Selected<'a>>, ExpressionError> {
