@@ -115,6 +115,10 @@ impl Blank for DateTime<Utc> {
 
 /// The original's `EvalExpression<T>`: the first expression that yields a usable value wins; a
 /// required field that yields nothing usable is an error saying why.
+///
+/// Always inlined: returned out of a call, the `Result<Option<T>, _>` is stored piecewise and
+/// reloaded whole, which stalls store forwarding on every field of every Measurement.
+#[inline(always)]
 fn evaluate<T: Blank>(
     scope: &Scope<'_>,
     name: &str,
