@@ -192,27 +192,62 @@ impl Direct {
     }
 
     fn evaluate<'a>(&self, scope: &Scope<'a>) -> Result<Cow<'a, JToken>, String> {
+        Ok(match self.value(scope)? {
+            DirectValue::Found(token) => Cow::Borrowed(token),
+            DirectValue::Missing => Cow::Owned(JToken::Null),
+            DirectValue::Literal(token) => Cow::Owned(token.clone()),
+            DirectValue::Computed(out) => Cow::Owned(match out {
+                Out::Int(value) => JToken::Integer(value),
+                Out::Float(value) => JToken::Float(value),
+                Out::Str(text) => JToken::string(text),
+                Out::Date(date) => JToken::Date(Box::new(date)),
+            }),
+        })
+    }
+
+    /// The value, left as found or computed: arguments of nested calls are typed straight from
+    /// it, without building a token for each.
+    fn value<'s, 'a>(&'s self, scope: &Scope<'a>) -> Result<DirectValue<'s, 'a>, String> {
         match self {
-            Direct::Fields(names) => Ok(field_chain(names, scope).map_or(Cow::Owned(JToken::Null), Cow::Borrowed)),
-            Direct::Literal(value) => Ok(Cow::Owned(value.clone())),
+            Direct::Fields(names) => Ok(field_chain(names, scope).map_or(DirectValue::Missing, DirectValue::Found)),
+            Direct::Literal(value) => Ok(DirectValue::Literal(value)),
             Direct::Call(function, args) => {
                 // At most three arguments (arity is checked at load): no heap allocation.
-                let mut values: [Cow<'a, JToken>; 3] = std::array::from_fn(|_| Cow::Owned(JToken::Null));
+                let mut values = [DirectValue::Missing, DirectValue::Missing, DirectValue::Missing];
                 for (slot, arg) in values.iter_mut().zip(args) {
-                    *slot = arg.evaluate(scope)?;
+                    *slot = arg.value(scope)?;
                 }
-                let values = &values[..args.len()];
                 let mut typed = [Arg::Other, Arg::Other, Arg::Other];
-                for (slot, value) in typed.iter_mut().zip(values) {
-                    *slot = token_arg(value);
+                for (slot, value) in typed.iter_mut().zip(&values) {
+                    *slot = value.as_arg();
                 }
-                Ok(Cow::Owned(match functions::call(*function, &typed[..args.len()])? {
-                    Out::Int(value) => JToken::Integer(value),
-                    Out::Float(value) => JToken::Float(value),
-                    Out::Str(text) => JToken::string(text),
-                    Out::Date(date) => JToken::Date(Box::new(date)),
-                }))
+                functions::call(*function, &typed[..args.len()]).map(DirectValue::Computed)
             }
+        }
+    }
+}
+
+/// A [`Direct`] expression's value: a token of the data or of the expression, or a function's
+/// result.
+enum DirectValue<'s, 'a> {
+    Found(&'a JToken),
+    /// A field that is not there (`null`).
+    Missing,
+    Literal(&'s JToken),
+    Computed(Out),
+}
+
+impl DirectValue<'_, '_> {
+    /// The argument this value makes, typed as the token it stands for would be.
+    fn as_arg(&self) -> Arg<'_> {
+        match self {
+            DirectValue::Found(token) | DirectValue::Literal(token) => token_arg(token),
+            DirectValue::Missing => Arg::Other,
+            DirectValue::Computed(Out::Int(value)) => Arg::Int(*value),
+            DirectValue::Computed(Out::Float(value)) if value.is_finite() => Arg::Float(*value),
+            DirectValue::Computed(Out::Float(_)) => Arg::Other,
+            DirectValue::Computed(Out::Str(text)) => Arg::Str(Cow::Borrowed(text)),
+            DirectValue::Computed(Out::Date(date)) => Arg::Str(date.source()),
         }
     }
 }
