@@ -54,9 +54,17 @@ pub struct FileSource {
     lines: mpsc::Receiver<(usize, String)>,
     format: LineFormat,
     checkpoint_path: Option<PathBuf>,
+    /// How long a batch waits for more lines after its first; `None` for a regular file read
+    /// without following, whose batch takes lines until its end (or the batch is full).
+    linger: Option<Duration>,
     ended: bool,
     reader: tokio::task::JoinHandle<()>,
 }
+
+/// How long a batch from a stream (a followed file, a pipe, standard input) keeps collecting
+/// lines after its first: lines written together are processed together, and a slow trickle is
+/// not held back for long.
+const STREAM_BATCH_LINGER: Duration = Duration::from_millis(100);
 
 impl Drop for FileSource {
     fn drop(&mut self) {
@@ -67,44 +75,60 @@ impl Drop for FileSource {
 impl FileSource {
     /// Opens `input`; lines up to the stored checkpoint are skipped.
     pub fn open(input: &Input, format: LineFormat, state_dir: &Path) -> std::io::Result<FileSource> {
-        let (partition, checkpoint_path) = match input {
-            Input::File { path, .. } => {
+        match input {
+            Input::File { path, follow } => {
                 let name = path
                     .file_name()
                     .map(|name| name.to_string_lossy().to_string())
                     .unwrap_or_else(|| "input".into());
                 let key = hex(&Sha256::digest(path.to_string_lossy().as_bytes()))[..12].to_string();
                 let checkpoint = state_dir.join("checkpoints").join(format!("{name}-{key}.json"));
-                (name, Some(checkpoint))
-            }
-            Input::Stdin => ("stdin".to_string(), None),
-        };
-        let done = checkpoint_path
-            .as_deref()
-            .and_then(|path| std::fs::read_to_string(path).ok())
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .and_then(|value| value["line"].as_u64())
-            .unwrap_or(0) as usize;
-        let (sender, lines) = mpsc::channel(10_000);
-        let reader = match input.clone() {
-            Input::File { path, follow } => {
-                let file = std::fs::File::open(&path)?;
-                tokio::task::spawn_blocking(move || read_lines(BufReader::new(file), done, follow, &sender))
+                let done = std::fs::read_to_string(&checkpoint)
+                    .ok()
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                    .and_then(|value| value["line"].as_u64())
+                    .unwrap_or(0) as usize;
+                let file = std::fs::File::open(path)?;
+                let streaming = *follow || !file.metadata()?.is_file();
+                let lines = Lines {
+                    reader: BufReader::new(file),
+                    done,
+                    follow: *follow,
+                };
+                Ok(FileSource::reading(name, lines, format, Some(checkpoint), streaming))
             }
             Input::Stdin => {
-                tokio::task::spawn_blocking(move || read_lines(BufReader::new(std::io::stdin()), done, false, &sender))
+                let lines = Lines {
+                    reader: BufReader::new(std::io::stdin()),
+                    done: 0,
+                    follow: false,
+                };
+                Ok(FileSource::reading("stdin".to_string(), lines, format, None, true))
             }
-        };
-        Ok(FileSource {
+        }
+    }
+
+    /// A source of `lines`, read on a blocking thread.
+    fn reading<R: BufRead + Send + 'static>(
+        partition: String,
+        lines: Lines<R>,
+        format: LineFormat,
+        checkpoint_path: Option<PathBuf>,
+        streaming: bool,
+    ) -> FileSource {
+        let (sender, receiver) = mpsc::channel(10_000);
+        let reader = tokio::task::spawn_blocking(move || lines.send_to(&sender));
+        FileSource {
             partition,
-            lines,
+            lines: receiver,
             format,
             checkpoint_path,
+            linger: streaming.then_some(STREAM_BATCH_LINGER),
             ended: false,
             reader: tokio::spawn(async move {
                 let _ = reader.await;
             }),
-        })
+        }
     }
 
     fn event(&self, number: usize, line: &str) -> SourceEvent {
@@ -140,38 +164,50 @@ impl FileSource {
     }
 }
 
-/// Reads lines after line `done` into `sender`; at the end waits for more when `follow`.
-fn read_lines(mut reader: impl BufRead, done: usize, follow: bool, sender: &mpsc::Sender<(usize, String)>) {
-    let mut number = 0;
-    let mut buffer = String::new();
-    loop {
-        buffer.clear();
-        match reader.read_line(&mut buffer) {
-            // At the end of a followed file: wait for more, unless nobody reads any more.
-            Ok(0) if follow && !sender.is_closed() => std::thread::sleep(Duration::from_millis(200)),
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if !buffer.ends_with('\n') && follow {
-                    // A line still being written: wait for its end.
-                    let mut rest = String::new();
-                    while !rest.ends_with('\n') {
-                        if sender.is_closed() {
-                            return;
+/// Lines of an input, numbered from 1.
+struct Lines<R> {
+    reader: R,
+    /// Lines already processed (the checkpoint): skipped.
+    done: usize,
+    /// At the end, wait for more.
+    follow: bool,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// Sends the non-blank lines after `done` with their numbers, until the end (with `follow`,
+    /// until nobody receives any more).
+    fn send_to(mut self, sender: &mpsc::Sender<(usize, String)>) {
+        let mut number = 0;
+        let mut buffer = String::new();
+        loop {
+            buffer.clear();
+            match self.reader.read_line(&mut buffer) {
+                // At the end of a followed file: wait for more, unless nobody reads any more.
+                Ok(0) if self.follow && !sender.is_closed() => std::thread::sleep(Duration::from_millis(200)),
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if !buffer.ends_with('\n') && self.follow {
+                        // A line still being written: wait for its end.
+                        let mut rest = String::new();
+                        while !rest.ends_with('\n') {
+                            if sender.is_closed() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                            if self.reader.read_line(&mut rest).is_err() {
+                                return;
+                            }
                         }
-                        std::thread::sleep(Duration::from_millis(50));
-                        if reader.read_line(&mut rest).is_err() {
-                            return;
-                        }
+                        buffer.push_str(&rest);
                     }
-                    buffer.push_str(&rest);
-                }
-                number += 1;
-                let line = buffer.trim_end_matches(['\n', '\r']);
-                if number <= done || line.trim().is_empty() {
-                    continue;
-                }
-                if sender.blocking_send((number, line.to_string())).is_err() {
-                    return;
+                    number += 1;
+                    let line = buffer.trim_end_matches(['\n', '\r']);
+                    if number <= self.done || line.trim().is_empty() {
+                        continue;
+                    }
+                    if sender.blocking_send((number, line.to_string())).is_err() {
+                        return;
+                    }
                 }
             }
         }
@@ -198,11 +234,19 @@ impl PartitionSource for FileSource {
             }
             Ok(Some((number, line))) => events.push(self.event(number, &line)),
         }
+        let deadline = self.linger.map(|linger| tokio::time::Instant::now() + linger);
         while events.len() < max {
-            match self.lines.try_recv() {
-                Ok((number, line)) => events.push(self.event(number, &line)),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
+            let next = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                // A regular file: however far the reader thread lags, its lines make one batch.
+                None => self.lines.recv().await,
+            };
+            match next {
+                Some((number, line)) => events.push(self.event(number, &line)),
+                None => {
                     self.ended = true;
                     break;
                 }
@@ -648,6 +692,65 @@ mod tests {
             Err(SourceError::Ended(_))
         ));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Hands out its lines one at a time, pausing before each: a reader thread far behind.
+    struct SlowLines {
+        lines: std::collections::VecDeque<&'static str>,
+        pause: Duration,
+    }
+
+    impl std::io::Read for SlowLines {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let Some(line) = self.lines.pop_front() else {
+                return Ok(0);
+            };
+            std::thread::sleep(self.pause);
+            out[..line.len()].copy_from_slice(line.as_bytes());
+            Ok(line.len())
+        }
+    }
+
+    fn slow_source(lines: &[&'static str], pause: Duration, streaming: bool) -> FileSource {
+        let lines = Lines {
+            reader: BufReader::new(SlowLines {
+                lines: lines.iter().copied().collect(),
+                pause,
+            }),
+            done: 0,
+            follow: false,
+        };
+        FileSource::reading("slow".into(), lines, LineFormat::Body, None, streaming)
+    }
+
+    /// A file read to its end makes one batch, however slowly its lines arrive: split, a
+    /// window's Measurements would land in two batches and the second would amend the first.
+    #[tokio::test]
+    async fn a_file_makes_one_batch_however_slowly_it_is_read() {
+        let lines = ["{\"a\":1}\n", "{\"a\":2}\n", "\n", "{\"a\":3}\n"];
+        let mut source = slow_source(&lines, Duration::from_millis(150), false);
+        let events = source.receive(100, Duration::from_secs(30)).await.unwrap();
+        let offsets: Vec<&str> = events.iter().map(|event| event.origin.offset.as_str()).collect();
+        assert_eq!(offsets, ["1", "2", "4"]);
+        assert!(matches!(
+            source.receive(100, Duration::from_secs(5)).await,
+            Err(SourceError::Ended(_))
+        ));
+        // A full batch still ends the batch.
+        let mut source = slow_source(&lines, Duration::from_millis(10), false);
+        assert_eq!(source.receive(2, Duration::from_secs(30)).await.unwrap().len(), 2);
+        assert_eq!(source.receive(2, Duration::from_secs(30)).await.unwrap().len(), 1);
+    }
+
+    /// A stream's batch waits only briefly for more: a line that comes much later starts the
+    /// next batch instead of holding back the lines before it.
+    #[tokio::test]
+    async fn a_stream_batch_does_not_wait_for_a_late_line() {
+        let mut source = slow_source(&["{\"a\":1}\n", "{\"a\":2}\n"], Duration::from_secs(2), true);
+        let first = source.receive(100, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(first.len(), 1, "the second line comes 2 s after the first");
+        let second = source.receive(100, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(second[0].origin.offset, "2");
     }
 
     #[tokio::test]
