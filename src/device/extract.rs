@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use compact_str::ToCompactString;
 
 use super::{ContentTemplate, NormalizeError, TemplateKind};
-use crate::expr::{Expression, ExpressionError, JmesCache, Scope, Selected};
+use crate::expr::{Expression, ExpressionError, FieldLookup, JmesCache, Scope, Selected};
 use crate::json::{JToken, format_double, parse_dotnet_datetime};
 use crate::model::{Measurement, MeasurementProperty, MeasurementText};
 
@@ -130,9 +130,10 @@ fn evaluate<T: Blank>(
     for expression in expressions {
         // Plain field paths, the usual case, hand over a borrowed token without building a
         // `Selected`; everything else goes through `select_token`.
-        let converted = match expression.select_field(scope) {
-            Some(token) => convert(token),
-            None => match expression
+        let converted = match expression.lookup_field(scope) {
+            FieldLookup::Found(token) => convert(token),
+            FieldLookup::Missing => continue,
+            FieldLookup::Other => match expression
                 .select_token(scope)
                 .map_err(|error| expression_failure(expression, error, "JsonToken"))?
             {

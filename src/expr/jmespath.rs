@@ -10,7 +10,7 @@ use jmespath::{Context, ErrorReason, Expression, Rcvar, Runtime, Variable, inter
 use serde_json::Number;
 
 use super::functions::{self, Arg, Custom, Out, register_custom_functions};
-use super::{ExpressionError, MATCHED_TOKEN, Scope, Selected, Selection};
+use super::{ExpressionError, FieldLookup, MATCHED_TOKEN, Scope, Selected, Selection};
 use crate::json::{JToken, JsonDate};
 
 /// Longest expression accepted; real templates are far shorter, and the bound keeps hostile
@@ -357,14 +357,15 @@ impl JmesPath {
         )
     }
 
-    /// The token a plain field chain (`a.b`) finds, borrowed from the data; `None` when the
-    /// expression is not a field chain or finds nothing (`null` included).
-    pub(super) fn select_field<'a>(&self, scope: &Scope<'a>) -> Option<&'a JToken> {
+    /// What a plain field chain (`a.b`) finds, borrowed from the data (`null` is nothing, as
+    /// for [`JmesPath::select_direct`]); [`FieldLookup::Other`] for any other expression.
+    pub(super) fn lookup_field<'a>(&self, scope: &Scope<'a>) -> FieldLookup<'a> {
         match &self.direct {
-            Some(Direct::Fields(names)) if self.filter.is_none() => {
-                field_chain(names, scope).filter(|token| !matches!(token, JToken::Null))
-            }
-            _ => None,
+            Some(Direct::Fields(names)) if self.filter.is_none() => match field_chain(names, scope) {
+                Some(JToken::Null) | None => FieldLookup::Missing,
+                Some(token) => FieldLookup::Found(token),
+            },
+            _ => FieldLookup::Other,
         }
     }
 

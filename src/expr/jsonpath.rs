@@ -21,7 +21,7 @@ use regex::{Regex, RegexBuilder};
 
 use std::borrow::Cow;
 
-use super::{ExpressionError, MATCHED_TOKEN, Scope, Selected, Selection};
+use super::{ExpressionError, FieldLookup, MATCHED_TOKEN, Scope, Selected, Selection};
 use crate::json::{DateKind, JToken, JsonDate, format_double};
 
 /// Most nodes one evaluation may produce; hostile paths such as `$..*..*..*` stop here.
@@ -112,14 +112,17 @@ impl JsonPath {
         Some(node.into_selected(&context))
     }
 
-    /// The token a path of plain field names finds, borrowed from the data; `None` when the
-    /// path is not of that form, finds nothing, or leads to the scope root built with
-    /// `matchedToken`.
-    pub fn select_field<'a>(&self, scope: &Scope<'a>) -> Option<&'a JToken> {
+    /// [`JsonPath::select_fields`] as a borrowed token; [`FieldLookup::Other`] when the path is
+    /// not plain field names or leads to the scope root built with `matchedToken`.
+    pub fn lookup_field<'a>(&self, scope: &Scope<'a>) -> FieldLookup<'a> {
+        let Some(names) = &self.fields else {
+            return FieldLookup::Other;
+        };
         let context = Context::of(scope);
-        match context.fields(context.root_node(), self.fields.as_ref()?)? {
-            Node::Value(token) => Some(token),
-            _ => None,
+        match context.fields(context.root_node(), names) {
+            Some(Node::Value(token)) => FieldLookup::Found(token),
+            Some(_) => FieldLookup::Other,
+            None => FieldLookup::Missing,
         }
     }
 

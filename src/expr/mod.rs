@@ -112,14 +112,13 @@ impl Expression {
         }
     }
 
-    /// [`Expression::select_token`]'s answer for the common plain field paths (`$.a.b`, `a.b`)
-    /// when it is a token borrowed from the data: found without building a [`Selected`].
-    /// `None` when the expression is of another form or finds nothing; `select_token` decides
-    /// then.
-    pub fn select_field<'a>(&self, scope: &Scope<'a>) -> Option<&'a JToken> {
+    /// [`Expression::select_token`]'s answer for the common plain field paths (`$.a.b`, `a.b`),
+    /// found without building a [`Selected`]: the token borrowed from the data, or nothing.
+    /// [`FieldLookup::Other`] for the other expressions, which `select_token` answers.
+    pub fn lookup_field<'a>(&self, scope: &Scope<'a>) -> FieldLookup<'a> {
         match self {
-            Expression::JsonPath(path) => path.select_field(scope),
-            Expression::JmesPath(path) => path.select_field(scope),
+            Expression::JsonPath(path) => path.lookup_field(scope),
+            Expression::JmesPath(path) => path.lookup_field(scope),
         }
     }
 
@@ -146,6 +145,17 @@ impl Expression {
         }
         Ok(first)
     }
+}
+
+/// What [`Expression::lookup_field`] found.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldLookup<'a> {
+    /// The token at the path.
+    Found(&'a JToken),
+    /// Nothing: `select_token` would yield `None`.
+    Missing,
+    /// The expression is not a plain field path; ask `select_token`.
+    Other,
 }
 
 /// One result of an expression.
