@@ -267,7 +267,7 @@ fn read_partition(
                     Some(Err(error)) if connection_dropped(&error) => {
                         broken.trip();
                         let _ = sender
-                            .send(Err(SourceError::Closed(format!("the connection dropped: {error}"))))
+                            .send(Err(SourceError::Disconnected(format!("the connection dropped: {error}"))))
                             .await;
                         break 'streams;
                     }
@@ -279,7 +279,7 @@ fn read_partition(
             if failures >= STREAM_ATTEMPTS {
                 broken.trip();
                 let _ = sender
-                    .send(Err(SourceError::Closed(format!(
+                    .send(Err(SourceError::Disconnected(format!(
                         "reading the partition failed {failures} times in a row: {ended}"
                     ))))
                     .await;

@@ -149,6 +149,10 @@ pub enum SourceError {
     /// The partition went to another owner: stop processing it without writing more.
     #[error("the partition is closed: {0}")]
     Closed(String),
+    /// The connection under the partition dropped; the partition is still this process's until a
+    /// new connection claims it again, from the checkpoint: persist what was processed, then stop.
+    #[error("the partition's connection dropped: {0}")]
+    Disconnected(String),
     /// The input ended (a file): write what waits, checkpoint, stop.
     #[error("the input ended: {0}")]
     Ended(String),

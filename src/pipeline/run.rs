@@ -9,6 +9,11 @@
 //!   resumes after the checkpoint, so nothing is lost, and writing a reading twice changes
 //!   nothing in FHIR.
 //!
+//! A partition whose connection dropped ([`SourceError::Disconnected`]) is still this process's:
+//! both loops persist their progress, as at shutdown, before letting it go, so the reader on the
+//! new connection does not process the same events again. A partition taken over by another owner
+//! ([`SourceError::Closed`]) is let go without writing: that owner may be ahead already.
+//!
 //! Transient failures (FHIR, Event Hubs, storage) are retried with backoff until they clear or
 //! the process shuts down; no partition stalls on bad data, which is dead-lettered.
 
@@ -235,6 +240,12 @@ pub async fn normalize_partition(
                 tracing::info!(partition = %partition, reason = %reason, "Partition closed.");
                 return PartitionEnd::Lost;
             }
+            Err(SourceError::Disconnected(reason)) => {
+                // What was sent is checkpointed, so the next reader does not send it again.
+                tracing::info!(partition = %partition, reason = %reason, "Partition disconnected.");
+                checkpoint_source(source, &mut progress, context).await;
+                return PartitionEnd::Lost;
+            }
             Err(SourceError::Transient(error)) => {
                 tracing::warn!(partition = %partition, error = %error, "Reading the partition failed; retrying.");
                 tokio::time::sleep(context.settings.retry_initial).await;
@@ -316,7 +327,7 @@ async fn checkpoint_source(
                 progress.last_checkpoint = std::time::Instant::now();
                 return true;
             }
-            Err(SourceError::Closed(_) | SourceError::Ended(_)) => return false,
+            Err(SourceError::Closed(_) | SourceError::Disconnected(_) | SourceError::Ended(_)) => return false,
             Err(SourceError::Transient(error)) => {
                 context.metrics.retried("storage");
                 tracing::warn!(error = %error, "Writing the checkpoint failed; retrying.");
@@ -573,6 +584,22 @@ pub async fn transform_partition(
                 tracing::info!(partition = %partition, reason = %reason, "Partition closed.");
                 return PartitionEnd::Lost;
             }
+            Err(SourceError::Disconnected(reason)) => {
+                // As at shutdown: what waits is snapshotted and what is read checkpointed, so the
+                // next reader neither loses the waiting readings nor reads the events again.
+                tracing::info!(partition = %partition, reason = %reason, "Partition disconnected.");
+                let _ = persist_progress(
+                    source,
+                    &mut pending,
+                    &mut progress,
+                    context,
+                    &state_name,
+                    &mut snapshot_tag,
+                    &mut snapshot_holds_readings,
+                )
+                .await;
+                return PartitionEnd::Lost;
+            }
             Err(SourceError::Transient(error)) => {
                 tracing::warn!(partition = %partition, error = %error, "Reading the partition failed; retrying.");
                 tokio::time::sleep(stage.settings.retry_initial).await;
@@ -770,21 +797,22 @@ mod tests {
     use super::*;
     use crate::pipeline::ports::TransientError;
 
-    /// One event, then the end of the input; remembers the checkpoint.
-    struct OneEvent {
+    /// Some events, then `end` for ever; remembers the checkpoint.
+    struct Scripted {
         events: Vec<SourceEvent>,
+        end: SourceError,
         checkpointed: Option<Origin>,
     }
 
     #[async_trait]
-    impl PartitionSource for OneEvent {
+    impl PartitionSource for Scripted {
         fn partition_id(&self) -> &str {
             "0"
         }
 
         async fn receive(&mut self, _: usize, _: Duration) -> Result<Vec<SourceEvent>, SourceError> {
             if self.events.is_empty() {
-                return Err(SourceError::Ended("done".into()));
+                return Err(self.end.clone());
             }
             Ok(std::mem::take(&mut self.events))
         }
@@ -830,30 +858,37 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_send_that_never_answers_is_timed_out_and_retried() {
-        let templates = DeviceTemplateSet::parse(
+    fn heart_rate_templates() -> DeviceTemplateSet {
+        DeviceTemplateSet::parse(
             r#"{"templateType":"CollectionContent","template":[{"templateType":"JsonPathContent","template":{
                 "typeName":"heartrate","typeMatchExpression":"$..[?(@heartrate)]","deviceIdExpression":"$.deviceid",
                 "timestampExpression":"$.time","values":[{"required":true,"valueExpression":"$.heartrate","valueName":"hr"}]}}]}"#,
         )
-        .unwrap();
-        let origin = Origin {
-            partition: "0".into(),
-            offset: "7".into(),
-            sequence_number: Some(7),
-            enqueued_time: None,
-        };
-        let mut source = OneEvent {
-            events: vec![SourceEvent {
-                origin: origin.clone(),
-                body: br#"{"deviceid":"d1","time":"2024-03-01T08:00:00Z","heartrate":70}"#.to_vec(),
+        .unwrap()
+    }
+
+    /// Heart-rate events with sequence numbers `first..first + count`, and the origin of the last.
+    fn heart_rate_events(first: i64, count: i64) -> (Vec<SourceEvent>, Origin) {
+        let events: Vec<SourceEvent> = (first..first + count)
+            .map(|sequence| SourceEvent {
+                origin: Origin {
+                    partition: "0".into(),
+                    offset: (sequence * 100).to_string(),
+                    sequence_number: Some(sequence),
+                    enqueued_time: None,
+                },
+                body: format!(r#"{{"deviceid":"d1","time":"2024-03-01T08:00:{sequence:02}Z","heartrate":70}}"#)
+                    .into_bytes(),
                 properties: Default::default(),
                 system_properties: Default::default(),
-            }],
-            checkpointed: None,
-        };
-        let sink = HangsOnce::default();
+            })
+            .collect();
+        let last = events.last().unwrap().origin.clone();
+        (events, last)
+    }
+
+    /// Runs `normalize_partition` over `source` into `sink` (10 s at most).
+    async fn normalize(source: &mut Scripted, sink: &dyn MeasurementSink) -> PartitionEnd {
         let settings = StageSettings {
             call_timeout: Duration::from_millis(100),
             retry_initial: Duration::from_millis(10),
@@ -867,15 +902,62 @@ mod tests {
             metrics: &metrics,
             shutdown: &shutdown,
         };
-        let end = tokio::time::timeout(
+        tokio::time::timeout(
             Duration::from_secs(10),
-            normalize_partition(&mut source, &Swappable::new(templates), &sink, &context),
+            normalize_partition(source, &Swappable::new(heart_rate_templates()), sink, &context),
         )
         .await
-        .expect("the hanging send does not stall the partition");
-        assert_eq!(end, PartitionEnd::Ended);
+        .expect("the partition loop ends")
+    }
+
+    #[tokio::test]
+    async fn a_send_that_never_answers_is_timed_out_and_retried() {
+        let (events, last) = heart_rate_events(7, 1);
+        let mut source = Scripted {
+            events,
+            end: SourceError::Ended("done".into()),
+            checkpointed: None,
+        };
+        let sink = HangsOnce::default();
+        assert_eq!(normalize(&mut source, &sink).await, PartitionEnd::Ended);
         assert_eq!(sink.calls.load(Ordering::SeqCst), 2);
         assert_eq!(sink.sent.lock().unwrap().len(), 1);
-        assert_eq!(source.checkpointed, Some(origin));
+        assert_eq!(source.checkpointed, Some(last));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_checkpoints_what_was_sent_before_letting_go() {
+        // Well inside the checkpoint interval: only the disconnect makes the checkpoint.
+        let (events, last) = heart_rate_events(3, 4);
+        let mut source = Scripted {
+            events,
+            end: SourceError::Disconnected("the connection dropped".into()),
+            checkpointed: None,
+        };
+        let sink = HangsOnce::default();
+        sink.calls.store(1, Ordering::SeqCst);
+        assert_eq!(normalize(&mut source, &sink).await, PartitionEnd::Lost);
+        assert_eq!(sink.sent.lock().unwrap().len(), 4);
+        assert_eq!(
+            source.checkpointed,
+            Some(last),
+            "the next reader starts after the sent events"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partition_taken_over_writes_no_checkpoint() {
+        // The new owner may be ahead already: a checkpoint now could move it backwards.
+        let (events, _) = heart_rate_events(3, 4);
+        let mut source = Scripted {
+            events,
+            end: SourceError::Closed("the partition was revoked".into()),
+            checkpointed: None,
+        };
+        let sink = HangsOnce::default();
+        sink.calls.store(1, Ordering::SeqCst);
+        assert_eq!(normalize(&mut source, &sink).await, PartitionEnd::Lost);
+        assert_eq!(sink.sent.lock().unwrap().len(), 4);
+        assert_eq!(source.checkpointed, None);
     }
 }
