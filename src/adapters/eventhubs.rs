@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_messaging_eventhubs::error::ErrorKind;
 use azure_messaging_eventhubs::models::{
-    AmqpSimpleValue, AmqpValue, Checkpoint, EventData, ReceivedEventData, StartPositions,
+    AmqpMessage, AmqpSimpleValue, AmqpValue, Checkpoint, EventData, ReceivedEventData, StartPositions,
 };
 use azure_messaging_eventhubs::processor::PartitionClient;
 use azure_messaging_eventhubs::{
@@ -85,7 +85,7 @@ fn duration(value: Duration) -> azure_core::time::Duration {
 }
 
 /// A producer for `config`'s hub.
-pub async fn producer(config: &EventHubConfig, credential: Arc<dyn TokenCredential>) -> Result<ProducerClient, String> {
+async fn producer(config: &EventHubConfig, credential: Arc<dyn TokenCredential>) -> Result<ProducerClient, String> {
     let mut builder = ProducerClient::builder()
         .with_application_id("iomt-connector".into())
         .with_retry_options(retry_options());
@@ -481,12 +481,18 @@ impl std::fmt::Debug for EventHubsSink {
 impl EventHubsSink {
     /// Opens a producer for `config`'s hub.
     pub async fn open(config: EventHubConfig, credential: Arc<dyn TokenCredential>) -> Result<Self, String> {
-        let opened = producer(&config, credential.clone()).await?;
-        Ok(EventHubsSink {
+        let sink = EventHubsSink::connecting_on_first_send(config, credential);
+        sink.producer().await.map_err(|error| error.0)?;
+        Ok(sink)
+    }
+
+    /// A sink for `config`'s hub that connects when it first sends.
+    pub fn connecting_on_first_send(config: EventHubConfig, credential: Arc<dyn TokenCredential>) -> Self {
+        EventHubsSink {
             config,
             credential,
-            producer: Mutex::new(Some(Arc::new(opened))),
-        })
+            producer: Mutex::new(None),
+        }
     }
 
     /// The open producer, or a new one.
@@ -510,6 +516,19 @@ impl EventHubsSink {
         if current.as_ref().is_some_and(|open| Arc::ptr_eq(open, failed)) {
             *current = None;
         }
+    }
+
+    /// Sends one message as it is built (annotations and all), to any partition.
+    pub async fn send_message(&self, message: AmqpMessage) -> Result<(), TransientError> {
+        let producer = self.producer().await?;
+        let sent = producer
+            .send_message(message, None)
+            .await
+            .map_err(|error| TransientError(format!("sending to {} failed: {error}", self.config.hub)));
+        if sent.is_err() {
+            self.discard(&producer).await;
+        }
+        sent
     }
 
     /// Sends events (body and application properties) with `key` as partition key, in batches;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapters::blob::{BlobDeadLetterStore, BlobStateStore, BlobStorage, StorageAuth, download, etag};
 use crate::adapters::eventhubs::{
-    ConnectionBroken, EventHubConfig, EventHubsPartition, EventHubsSink, ProcessorTiming, processor, producer,
+    ConnectionBroken, EventHubConfig, EventHubsPartition, EventHubsSink, ProcessorTiming, processor,
 };
 use crate::adapters::fhir_http::{FhirAuth, FhirClientConfig, FhirHttpClient, TokenSource};
 use crate::config::{Config, StageName};
@@ -28,7 +28,7 @@ use crate::fhir::FhirTemplateSet;
 use crate::pipeline::identity::{IdentityResolver, IdentitySettings};
 use crate::pipeline::metrics::{MeteredFhirApi, Metrics, labels};
 use crate::pipeline::pending::FlushPolicy;
-use crate::pipeline::ports::FhirApi;
+use crate::pipeline::ports::{FhirApi, TransientError};
 use crate::pipeline::run::{
     MeasurementDecoder, StageContext, StageSettings, Swappable, TransformContext, normalize_partition,
     transform_partition,
@@ -602,6 +602,32 @@ where
     Ok(())
 }
 
+/// How many times a redrive tries one send before it stops.
+const REDRIVE_ATTEMPTS: u32 = 4;
+
+/// Runs `send` until it succeeds, at most [`REDRIVE_ATTEMPTS`] times, waiting 0.5, 1 and 2 s in
+/// between. The sink lets go of its producer when a send fails, so each retry runs on a new
+/// connection: the SDK never reconnects one that dropped. A retried send may deliver an event
+/// twice; the pipeline writes a reading twice to the same effect.
+async fn with_attempts<T, F, Sent>(mut send: F) -> Result<T, TransientError>
+where
+    F: FnMut() -> Sent,
+    Sent: std::future::Future<Output = Result<T, TransientError>>,
+{
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1.. {
+        match send().await {
+            Err(error) if attempt < REDRIVE_ATTEMPTS => {
+                eprintln!("iomt: {error}; trying again on a new connection");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            done => return done,
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
 /// What a redrive into the hubs did.
 #[derive(Debug, Default)]
 pub struct Redriven {
@@ -674,9 +700,7 @@ async fn send_records(
         }
     }
     if !device_events.is_empty() {
-        let producer = producer(&hub_config(&eh.device_hub), azure.clone())
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let sink = EventHubsSink::connecting_on_first_send(hub_config(&eh.device_hub), azure.clone());
         for (name, record) in device_events {
             let mut builder = AmqpMessage::builder().with_body(AmqpMessageBody::Binary(vec![record.payload_bytes()]));
             for (name, value) in &record.properties {
@@ -696,19 +720,16 @@ async fn send_records(
                 };
                 message.add_message_annotation(AmqpSymbol::from(name.as_str()), value);
             }
-            producer
-                .send_message(message, None)
+            with_attempts(|| sink.send_message(message.clone()))
                 .await
-                .map_err(|error| anyhow::anyhow!("sending to {} failed: {error}", eh.device_hub))?;
+                .map_err(anyhow::Error::msg)?;
             redriven.sent.push(name.clone());
         }
     }
     if !measurements.is_empty() {
-        let sink = EventHubsSink::open(hub_config(&eh.normalized_hub), azure.clone())
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let sink = EventHubsSink::connecting_on_first_send(hub_config(&eh.normalized_hub), azure.clone());
         let batch: Vec<crate::model::Measurement> = measurements.iter().map(|(_, m)| m.clone()).collect();
-        let too_large = sink.send(&batch).await.map_err(|error| anyhow::anyhow!(error))?;
+        let too_large = with_attempts(|| sink.send(&batch)).await.map_err(anyhow::Error::msg)?;
         for (index, (name, _)) in measurements.into_iter().enumerate() {
             if too_large.contains(&index) {
                 redriven
@@ -720,4 +741,44 @@ async fn send_records(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// A send that fails `failures` times, then succeeds; counts its calls.
+    async fn flaky(calls: &AtomicU32, failures: u32) -> Result<u32, TransientError> {
+        let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if call <= failures {
+            Err(TransientError(format!("connection dropped on call {call}")))
+        } else {
+            Ok(call)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_redrive_send_is_retried_until_it_goes_through() {
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        assert_eq!(with_attempts(|| flaky(&calls, 2)).await, Ok(3));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(1500),
+            "backs off 0.5 s, then 1 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_redrive_send_that_keeps_failing_reports_the_last_error() {
+        let calls = AtomicU32::new(0);
+        assert_eq!(
+            with_attempts(|| flaky(&calls, u32::MAX)).await,
+            Err(TransientError("connection dropped on call 4".into()))
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), REDRIVE_ATTEMPTS);
+    }
 }

@@ -180,10 +180,13 @@ port = 0
 
     /// Sends device event bodies to `devicedata`, spread over its partitions.
     ///
-    /// Under a loaded machine the test endpoint has, rarely, dropped a producer's fresh connection
-    /// before its first batch was made (`create_batch`: "Connection dropped: Connection must have
-    /// been closed"). Nothing has been sent at that point, so the chunk is retried on a new
-    /// connection; a failure once a batch is on its way still fails the test.
+    /// A fresh producer's connection can drop before its first batch is made (`create_batch`:
+    /// "Connection dropped: Connection must have been closed"). The SDK drops AMQP links without
+    /// detaching them (its CBS client after each authorization, all receivers when it reattaches
+    /// one), and fe2o3 0.14 ends a session when the peer's frame for such a link arrives, then
+    /// closes the connection on the session's next frame; endpoint traces show this for receivers.
+    /// Nothing has been sent at that point, so the chunk is retried on a new connection; a
+    /// failure once a batch is on its way still fails the test.
     async fn send(&self, lines: &[String]) {
         const ATTEMPTS: usize = 3;
         for chunk in lines.chunks(200) {
