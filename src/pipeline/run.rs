@@ -795,7 +795,9 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::pipeline::ports::TransientError;
+    use crate::fhir::json::Json;
+    use crate::pipeline::identity::IdentityResolver;
+    use crate::pipeline::ports::{BatchReply, BatchRequest, FhirApi, FhirApiError, TransientError};
 
     /// Some events, then `end` for ever; remembers the checkpoint.
     struct Scripted {
@@ -959,5 +961,113 @@ mod tests {
         assert_eq!(normalize(&mut source, &sink).await, PartitionEnd::Lost);
         assert_eq!(sink.sent.lock().unwrap().len(), 4);
         assert_eq!(source.checkpointed, None);
+    }
+
+    /// A FHIR server the test must not reach.
+    #[derive(Debug)]
+    struct Unreachable;
+
+    #[async_trait]
+    impl FhirApi for Unreachable {
+        async fn search(&self, _: &str, _: &[(&str, String)], _: Option<usize>) -> Result<Vec<Json>, FhirApiError> {
+            panic!("nothing is due for FHIR yet");
+        }
+
+        async fn put(&self, _: &Json, _: Option<&str>) -> Result<Json, FhirApiError> {
+            panic!("nothing is due for FHIR yet");
+        }
+
+        async fn batch(&self, _: Vec<BatchRequest>) -> Result<Vec<Result<BatchReply, FhirApiError>>, FhirApiError> {
+            panic!("nothing is due for FHIR yet");
+        }
+    }
+
+    /// Snapshots in memory, versioned by a counter.
+    #[derive(Default)]
+    struct MemoryState(Mutex<std::collections::HashMap<String, (Vec<u8>, String)>>);
+
+    #[async_trait]
+    impl StateStore for MemoryState {
+        async fn load(&self, name: &str) -> Result<Option<(Vec<u8>, String)>, StateError> {
+            Ok(self.0.lock().unwrap().get(name).cloned())
+        }
+
+        async fn save(&self, name: &str, data: &[u8], expected: Option<&str>) -> Result<String, StateError> {
+            let mut documents = self.0.lock().unwrap();
+            if documents.get(name).map(|(_, tag)| tag.as_str()) != expected {
+                return Err(StateError::Conflict);
+            }
+            let tag = format!("v{}", documents.len() + 1);
+            documents.insert(name.to_string(), (data.to_vec(), tag.clone()));
+            Ok(tag)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transform_partition_whose_connection_dropped_snapshots_and_checkpoints() {
+        // Heart rates of one hourly window: nothing is due for FHIR, so they wait.
+        let (mut events, last) = heart_rate_events(3, 4);
+        for event in &mut events {
+            let sequence = event.origin.sequence_number.unwrap();
+            event.body = format!(
+                r#"{{"Type":"heartrate","OccurrenceTimeUtc":"2024-03-01T08:00:{sequence:02}Z","IngestionTimeUtc":"2024-03-01T08:00:30Z","DeviceId":"d1","PatientId":"p1","Properties":[{{"Name":"hr","Value":"70"}}]}}"#
+            )
+            .into_bytes();
+        }
+        let mut source = Scripted {
+            events,
+            end: SourceError::Disconnected("the connection dropped".into()),
+            checkpointed: None,
+        };
+        let fhir_mapping = FhirTemplateSet::parse(
+            r#"{"templateType":"CollectionFhir","template":[{"templateType":"CodeValueFhir","template":{
+                "typeName":"heartrate","periodInterval":60,"category":[],
+                "codes":[{"code":"8867-4","system":"http://loinc.org"}],
+                "value":{"valueType":"SampledData","valueName":"hr","defaultPeriod":1000,"unit":"/min"}}}]}"#,
+        )
+        .unwrap();
+        let api: Arc<dyn FhirApi> = Arc::new(Unreachable);
+        let writer = ObservationWriter::new(
+            api.clone(),
+            IdentityResolver::new(api, Default::default()),
+            Default::default(),
+        );
+        let state = MemoryState::default();
+        let settings = StageSettings::default();
+        let metrics = Metrics::default();
+        let shutdown = CancellationToken::new();
+        let context = TransformContext {
+            writer: &writer,
+            templates: &Swappable::new(fhir_mapping),
+            state: Some(&state),
+            state_prefix: "test",
+            stage: StageContext {
+                dead_letters: &NoDeadLetters,
+                settings: &settings,
+                metrics: &metrics,
+                shutdown: &shutdown,
+            },
+        };
+        let end = tokio::time::timeout(
+            Duration::from_secs(10),
+            transform_partition(&mut source, &MeasurementDecoder, &context),
+        )
+        .await
+        .expect("the partition loop ends");
+        assert_eq!(end, PartitionEnd::Lost);
+        assert_eq!(
+            source.checkpointed,
+            Some(last),
+            "the next reader starts after the events read"
+        );
+        let (bytes, _) = state
+            .load("test/0.json")
+            .await
+            .unwrap()
+            .expect("the waiting readings are snapshotted");
+        let (snapshot, unreadable) = Snapshot::from_bytes(&bytes, "0").unwrap();
+        assert!(unreadable.is_empty());
+        assert_eq!(snapshot.readings.len(), 4, "no waiting reading is lost");
+        assert_eq!(snapshot.through_sequence, Some(6));
     }
 }
