@@ -615,17 +615,18 @@ where
     Sent: std::future::Future<Output = Result<T, TransientError>>,
 {
     let mut delay = Duration::from_millis(500);
-    for attempt in 1.. {
+    let mut attempt = 1;
+    loop {
         match send().await {
             Err(error) if attempt < REDRIVE_ATTEMPTS => {
                 eprintln!("iomt: {error}; trying again on a new connection");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
+                attempt += 1;
             }
             done => return done,
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 /// What a redrive into the hubs did.
