@@ -927,40 +927,41 @@ mod tests {
         assert_eq!(source.checkpointed, Some(last));
     }
 
-    #[tokio::test]
-    async fn a_dropped_connection_checkpoints_what_was_sent_before_letting_go() {
-        // Well inside the checkpoint interval: only the disconnect makes the checkpoint.
+    /// What normalizing four events (sequence numbers 3..=6) and then meeting `end` did: how the
+    /// loop ended, how many Measurements went out, the checkpoint, and the last event's origin.
+    async fn normalize_four_events_then(end: SourceError) -> (PartitionEnd, usize, Option<Origin>, Origin) {
         let (events, last) = heart_rate_events(3, 4);
         let mut source = Scripted {
             events,
-            end: SourceError::Disconnected("the connection dropped".into()),
+            end,
             checkpointed: None,
         };
         let sink = HangsOnce::default();
+        // Past its one hanging call: every send answers at once.
         sink.calls.store(1, Ordering::SeqCst);
-        assert_eq!(normalize(&mut source, &sink).await, PartitionEnd::Lost);
-        assert_eq!(sink.sent.lock().unwrap().len(), 4);
-        assert_eq!(
-            source.checkpointed,
-            Some(last),
-            "the next reader starts after the sent events"
-        );
+        let ended = normalize(&mut source, &sink).await;
+        let sent = sink.sent.lock().unwrap().len();
+        (ended, sent, source.checkpointed, last)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_checkpoints_what_was_sent_before_letting_go() {
+        // Well inside the checkpoint interval: only the disconnect makes the checkpoint.
+        let (ended, sent, checkpointed, last) =
+            normalize_four_events_then(SourceError::Disconnected("the connection dropped".into())).await;
+        assert_eq!(ended, PartitionEnd::Lost);
+        assert_eq!(sent, 4);
+        assert_eq!(checkpointed, Some(last), "the next reader starts after the sent events");
     }
 
     #[tokio::test]
     async fn a_partition_taken_over_writes_no_checkpoint() {
         // The new owner may be ahead already: a checkpoint now could move it backwards.
-        let (events, _) = heart_rate_events(3, 4);
-        let mut source = Scripted {
-            events,
-            end: SourceError::Closed("the partition was revoked".into()),
-            checkpointed: None,
-        };
-        let sink = HangsOnce::default();
-        sink.calls.store(1, Ordering::SeqCst);
-        assert_eq!(normalize(&mut source, &sink).await, PartitionEnd::Lost);
-        assert_eq!(sink.sent.lock().unwrap().len(), 4);
-        assert_eq!(source.checkpointed, None);
+        let (ended, sent, checkpointed, _) =
+            normalize_four_events_then(SourceError::Closed("the partition was revoked".into())).await;
+        assert_eq!(ended, PartitionEnd::Lost);
+        assert_eq!(sent, 4);
+        assert_eq!(checkpointed, None);
     }
 
     /// A FHIR server the test must not reach.
